@@ -1,0 +1,574 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * coord.c - the coordinator's per-turn batch: ingest, control, outbox (see
+ * coord.h). Decoding happens before the write transaction (it is pure and may
+ * be expensive); the transaction only applies prepared work, so a retry after
+ * the map grows costs little.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "coord.h"
+#include "edgecoord/err.h"
+#include "log.h"
+#include "msg.h"
+
+enum prep_kind { P_IGNORE = 0, P_SUBMIT, P_CONTROL };
+
+struct prep {
+	struct coord_msg *m;
+	enum prep_kind kind;
+	enum encoding enc;
+	char source[STORE_SOURCE_MAX + 1];
+	int rc;                         /* decode outcome */
+	struct sub_error err;
+	struct submission sub;          /* P_SUBMIT, rc == 0 */
+	char verb[16];                  /* P_CONTROL */
+	int key;
+	char id[TASK_FULLID_MAX + 1];
+};
+
+struct coord {
+	struct store *st;
+	struct coord_opts o;
+	struct coord_io io;
+	struct coord_msg **in;          /* queued inbound messages */
+	size_t nin, capin;
+	uint64_t *done;                 /* delivered outbox rows to delete */
+	size_t ndone, capdone;
+	uint64_t sent_upto;             /* rows up to here were handed to io */
+	uint64_t outbox_len;
+	int64_t now_ms;                 /* timestamp for the rows of this flush */
+	char (*touched)[TASK_ID_MAX + 1]; /* workflows whose status to publish */
+	size_t ntouched, captouched;
+	int publish_stalled;
+};
+
+static int grow(void **arr, size_t *cap, size_t need, size_t elem)
+{
+	if (need <= *cap)
+		return 0;
+	size_t ncap = *cap ? *cap * 2 : 64;
+	while (ncap < need)
+		ncap *= 2;
+	void *p = realloc(*arr, ncap * elem);
+	if (!p)
+		return -ENOMEM;
+	*arr = p;
+	*cap = ncap;
+	return 0;
+}
+
+/* ---- outbox rows ----------------------------------------------------------- */
+
+static unsigned enc_flag(enum encoding enc)
+{
+	return enc == ENC_CBOR ? OUTBOX_CBOR : 0;
+}
+
+/* Put a built message (consumed) on topic. */
+static int put(struct store_txn *t, const char *topic, uint8_t *payload, size_t len,
+	       unsigned flags)
+{
+	int rc = store_outbox_put(t, topic, payload, len, flags, NULL);
+	free(payload);
+	return rc;
+}
+
+/* An answer on a Response Topic: the correlation data travels in the row. */
+static int put_answer(struct store_txn *t, const struct coord_msg *m, uint8_t *payload,
+		      size_t len, enum encoding enc)
+{
+	if (!m->response_topic || !*m->response_topic) {
+		free(payload);
+		return 0;
+	}
+	size_t clen = m->corr ? m->corr_len : 0;
+	if (clen > 0xffff)
+		clen = 0; /* MQTT allows 64 KiB; a longer one cannot be echoed */
+	uint8_t *row = malloc(2 + clen + len);
+	if (!row) {
+		free(payload);
+		return -ENOMEM;
+	}
+	row[0] = (uint8_t)(clen >> 8);
+	row[1] = (uint8_t)clen;
+	if (clen)
+		memcpy(row + 2, m->corr, clen);
+	memcpy(row + 2 + clen, payload, len);
+	free(payload);
+	return put(t, m->response_topic, row, 2 + clen + len, OUTBOX_CORR | enc_flag(enc));
+}
+
+static bool milestone(enum task_state s)
+{
+	return s == TS_ACCEPTED || s == TS_RUNNING || s == TS_FAILED || task_state_final(s);
+}
+
+static int touch_workflow(struct coord *c, const char *wf)
+{
+	if (c->ntouched && strcmp(c->touched[c->ntouched - 1], wf) == 0)
+		return 0;
+	for (size_t i = 0; i < c->ntouched; i++)
+		if (strcmp(c->touched[i], wf) == 0)
+			return 0;
+	int rc = grow((void **)&c->touched, &c->captouched, c->ntouched + 1,
+		      sizeof *c->touched);
+	if (rc < 0)
+		return rc;
+	snprintf(c->touched[c->ntouched++], sizeof *c->touched, "%s", wf);
+	return 0;
+}
+
+static int status_row(struct coord *c, struct store_txn *t, const struct task_rec *r)
+{
+	char topic[MSG_TOPIC_MAX];
+	uint8_t *p;
+	size_t len;
+	int rc = msg_topic(topic, sizeof topic, c->o.prefix, "tasks", r->spec.id, "status");
+	if (rc == 0)
+		rc = msg_status(r, c->now_ms, r->enc, &p, &len);
+	if (rc == 0)
+		rc = put(t, topic, p, len, OUTBOX_RETAIN | OUTBOX_EXPIRE | enc_flag(r->enc));
+	return rc;
+}
+
+int coord_observe(struct store_txn *t, const struct store_event *ev, void *arg)
+{
+	struct coord *c = arg;
+	char topic[MSG_TOPIC_MAX];
+	uint8_t *p;
+	size_t len;
+	int rc = 0;
+
+	switch (ev->kind) {
+	case STORE_EV_TASK:
+		if (c->o.status_all || milestone(ev->task->state))
+			rc = status_row(c, t, ev->task);
+		/* A workflow's status is worth a message when a step finishes
+		 * (progress), when it is new, or on every change under "all". */
+		if (rc == 0 && ev->task->spec.workflow &&
+		    (c->o.status_all || task_state_final(ev->task->state) ||
+		     ev->task->state == TS_ACCEPTED))
+			rc = touch_workflow(c, ev->task->spec.workflow);
+		return rc;
+	case STORE_EV_RESULT:
+		rc = msg_topic(topic, sizeof topic, c->o.prefix, "tasks", ev->task->spec.id,
+			       "result");
+		if (rc == 0)
+			rc = msg_result(ev->task, ev->result, ev->task->enc, &p, &len);
+		if (rc == 0)
+			rc = put(t, topic, p, len,
+				 OUTBOX_RETAIN | OUTBOX_EXPIRE | enc_flag(ev->task->enc));
+		return rc;
+	case STORE_EV_WORKFLOW:
+		return 0; /* coalesced: one row per touched workflow per flush */
+	}
+	return 0;
+}
+
+static int workflow_rows(struct coord *c, struct store_txn *t)
+{
+	for (size_t i = 0; i < c->ntouched; i++) {
+		struct workflow_rec w;
+		char topic[MSG_TOPIC_MAX];
+		uint8_t *p;
+		size_t len;
+		int rc = store_workflow_get(t, c->touched[i], &w);
+		if (rc == EC_ENOTFOUND)
+			continue;
+		if (rc < 0)
+			return rc;
+		rc = msg_topic(topic, sizeof topic, c->o.prefix, "workflows", w.id, "status");
+		if (rc == 0)
+			rc = msg_workflow(&w, c->now_ms, w.enc, &p, &len);
+		if (rc == 0)
+			rc = put(t, topic, p, len,
+				 OUTBOX_RETAIN | OUTBOX_EXPIRE | enc_flag(w.enc));
+		workflow_rec_fini(&w);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* ---- preparing inbound messages --------------------------------------------- */
+
+static enum encoding pick_encoding(const struct coord_msg *m)
+{
+	if (m->content_type) {
+		if (strcmp(m->content_type, "application/json") == 0)
+			return ENC_JSON;
+		if (strcmp(m->content_type, "application/cbor") == 0)
+			return ENC_CBOR;
+	}
+	return codec_sniff(m->payload, m->len);
+}
+
+/* P/submit, P/submit/SOURCE, P/control/VERB; anything else is ignored. */
+static void prepare(struct coord *c, struct prep *p)
+{
+	const struct coord_msg *m = p->m;
+	size_t plen = strlen(c->o.prefix);
+	const char *rest;
+
+	memset(&p->sub, 0, sizeof p->sub);
+	p->enc = pick_encoding(m);
+	if (strncmp(m->topic, c->o.prefix, plen) != 0 || m->topic[plen] != '/')
+		return;
+	rest = m->topic + plen + 1;
+	if (strcmp(rest, "submit") == 0 || strncmp(rest, "submit/", 7) == 0) {
+		const char *src = rest[6] ? rest + 7 : "anonymous";
+		p->kind = P_SUBMIT;
+		if (!*src || strlen(src) > STORE_SOURCE_MAX || strchr(src, '/')) {
+			snprintf(p->source, sizeof p->source, "anonymous");
+			p->rc = EC_EINVALID_FIELD;
+			snprintf(p->err.detail, sizeof p->err.detail,
+				 "source: the topic level after submit/ must be 1..%d bytes",
+				 STORE_SOURCE_MAX);
+			return;
+		}
+		snprintf(p->source, sizeof p->source, "%s", src);
+		if (m->len > c->o.limits.max_message_bytes) {
+			p->rc = EC_ETOO_LARGE;
+			snprintf(p->err.detail, sizeof p->err.detail,
+				 "message: %zu bytes, over the limit of %zu", m->len,
+				 c->o.limits.max_message_bytes);
+			return;
+		}
+		p->rc = codec_decode_submission(m->payload, m->len, p->enc, &c->o.limits,
+						&p->sub, &p->err);
+		return;
+	}
+	if (strncmp(rest, "control/", 8) == 0) {
+		static const struct { const char *verb; unsigned keys; } verbs[] = {
+			{ "cancel", CTRL_KEY_TASK | CTRL_KEY_WORKFLOW },
+			{ "retry", CTRL_KEY_TASK | CTRL_KEY_WORKFLOW },
+			{ "drain", CTRL_KEY_AGENT },
+			{ "undrain", CTRL_KEY_AGENT },
+		};
+		const char *verb = rest + 8;
+		for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
+			if (strcmp(verb, verbs[i].verb) != 0)
+				continue;
+			p->kind = P_CONTROL;
+			snprintf(p->verb, sizeof p->verb, "%s", verb);
+			p->rc = codec_decode_control(m->payload, m->len, p->enc, verbs[i].keys,
+						     &p->key, p->id, &p->err);
+			return;
+		}
+		log_info("CONTROL-UNKNOWN verb on topic %s ignored", m->topic);
+	}
+}
+
+/* ---- applying them in the transaction --------------------------------------- */
+
+static int reject(struct coord *c, struct store_txn *t, const struct prep *p, int code,
+		  const struct sub_error *err)
+{
+	char topic[MSG_TOPIC_MAX];
+	uint8_t *buf;
+	size_t len;
+	int rc;
+
+	log_info("SUBMIT-REJECTED source=%s code=%s task=%s detail=%s", p->source,
+		 ec_reject_code(code) ? ec_reject_code(code) : "?",
+		 err->task_id[0] ? err->task_id : "-", err->detail);
+	if (p->kind == P_SUBMIT) {
+		rc = msg_topic(topic, sizeof topic, c->o.prefix, "rejected", p->source, NULL);
+		if (rc == 0)
+			rc = msg_rejection(code, err->detail, err->task_id, p->enc, &buf, &len);
+		if (rc == 0)
+			rc = put(t, topic, buf, len, enc_flag(p->enc));
+		if (rc < 0)
+			return rc;
+	}
+	rc = msg_answer_error(code, err->detail, p->enc, &buf, &len);
+	return rc < 0 ? rc : put_answer(t, p->m, buf, len, p->enc);
+}
+
+struct republish {
+	struct coord *c;
+	struct store_txn *t;
+};
+
+static int republish_one(const struct task_rec *r, void *arg)
+{
+	struct republish *rp = arg;
+	return status_row(rp->c, rp->t, r);
+}
+
+/* A duplicate without a Response Topic: publish the current status again. */
+static int republish(struct coord *c, struct store_txn *t, const struct submission *sub)
+{
+	if (sub->kind == SUB_WORKFLOW)
+		return touch_workflow(c, sub->id);
+	for (uint32_t i = 0; i < sub->ntasks; i++) {
+		struct task_rec r;
+		int rc = store_task_get(t, sub->tasks[i].id, &r);
+		if (rc == EC_ENOTFOUND)
+			continue;
+		if (rc < 0)
+			return rc;
+		rc = status_row(c, t, &r);
+		task_rec_fini(&r);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+static int apply_submit(struct coord *c, struct store_txn *t, struct prep *p)
+{
+	struct submit_result res;
+	struct sub_error err;
+	uint8_t *buf;
+	size_t len;
+	int rc;
+
+	if (p->rc)
+		return reject(c, t, p, p->rc, &p->err);
+	memset(&err, 0, sizeof err);
+	rc = store_submit(t, &p->sub, p->source, c->o.max_pending, c->now_ms, &res, &err);
+	if (rc < 0 && ec_reject_code(rc)) {
+		err.code = rc;
+		return reject(c, t, p, rc, &err);
+	}
+	if (rc < 0)
+		return rc;
+	const char *id = p->sub.kind == SUB_BATCH ? NULL : p->sub.id;
+	if (!res.duplicate) {
+		log_debug("SUBMIT-ACCEPTED source=%s id=%s tasks=%u", p->source, id ? id : "-",
+			  p->sub.ntasks);
+		rc = msg_answer_accepted(&p->sub, p->enc, &buf, &len);
+		return rc < 0 ? rc : put_answer(t, p->m, buf, len, p->enc);
+	}
+	if (!p->m->response_topic)
+		return republish(c, t, &p->sub);
+	const char *state = task_state_name(res.state);
+	struct workflow_rec w;
+	bool have_wf = false;
+	if (p->sub.kind == SUB_WORKFLOW && store_workflow_get(t, p->sub.id, &w) == 0) {
+		state = workflow_state(&w);
+		have_wf = true;
+	}
+	rc = msg_answer_duplicate(id, state, p->enc, &buf, &len);
+	if (have_wf)
+		workflow_rec_fini(&w);
+	return rc < 0 ? rc : put_answer(t, p->m, buf, len, p->enc);
+}
+
+static int apply_control(struct coord *c, struct store_txn *t, struct prep *p)
+{
+	struct sub_error err = { 0 };
+	const char *key = p->key == CTRL_KEY_TASK ? "task_id"
+			  : p->key == CTRL_KEY_WORKFLOW ? "workflow" : "agent";
+	uint8_t *buf;
+	size_t len;
+	int rc;
+
+	if (p->rc)
+		return reject(c, t, p, p->rc, &p->err);
+	if (strcmp(p->verb, "cancel") == 0)
+		rc = p->key == CTRL_KEY_TASK ? store_cancel(t, p->id, c->now_ms)
+					     : store_cancel_workflow(t, p->id, c->now_ms);
+	else if (strcmp(p->verb, "retry") == 0)
+		rc = p->key == CTRL_KEY_TASK ? store_retry(t, p->id, c->now_ms)
+					     : store_retry_workflow(t, p->id, c->now_ms);
+	else
+		rc = EC_EUNKNOWN_AGENT; /* drain/undrain: no fleet yet */
+	if (rc < 0 && ec_reject_code(rc)) {
+		err.code = rc;
+		snprintf(err.detail, sizeof err.detail, "%s %s '%s': %s", p->verb, key, p->id,
+			 ec_strerror(rc));
+		return reject(c, t, p, rc, &err);
+	}
+	if (rc < 0)
+		return rc;
+	log_info("CONTROL %s %s=%s", p->verb, key, p->id);
+	rc = msg_answer_control(p->verb, key, p->id, p->enc, &buf, &len);
+	return rc < 0 ? rc : put_answer(t, p->m, buf, len, p->enc);
+}
+
+struct flush_ctx {
+	struct coord *c;
+	struct prep *preps;
+	size_t n;
+	bool backpressure;
+};
+
+static int flush_txn(struct store_txn *t, void *arg)
+{
+	struct flush_ctx *f = arg;
+	struct coord *c = f->c;
+	int rc;
+
+	c->ntouched = 0; /* the callback may run again after the map grows */
+	for (size_t i = 0; i < c->ndone; i++) {
+		rc = store_outbox_del(t, c->done[i]);
+		if (rc < 0 && rc != EC_ENOTFOUND)
+			return rc;
+	}
+	for (size_t i = 0; i < f->n; i++) {
+		struct prep *p = &f->preps[i];
+		if (p->kind == P_SUBMIT && f->backpressure)
+			continue;
+		rc = p->kind == P_SUBMIT ? apply_submit(c, t, p)
+		   : p->kind == P_CONTROL ? apply_control(c, t, p) : 0;
+		if (rc < 0)
+			return rc;
+	}
+	rc = workflow_rows(c, t);
+	if (rc < 0)
+		return rc;
+	return store_outbox_count(t, &c->outbox_len);
+}
+
+/* ---- the outbox drain -------------------------------------------------------- */
+
+struct drain_ctx {
+	struct coord *c;
+	unsigned budget;
+};
+
+static int drain_row(uint64_t seq, const char *topic, const uint8_t *payload, size_t len,
+		     unsigned flags, void *arg)
+{
+	struct drain_ctx *d = arg;
+	struct coord *c = d->c;
+	const uint8_t *corr = NULL;
+	size_t clen = 0;
+
+	if (!d->budget-- || !c->io.can_publish(c->io.arg))
+		return 1;
+	if (flags & OUTBOX_CORR) {
+		if (len < 2)
+			return 0; /* cannot happen: we wrote it */
+		clen = (size_t)payload[0] << 8 | payload[1];
+		if (2 + clen > len)
+			return 0;
+		corr = payload + 2;
+		payload += 2 + clen;
+		len -= 2 + clen;
+	}
+	if (c->io.publish(c->io.arg, seq, topic, payload, len, flags, corr, clen) < 0)
+		return 1;
+	c->sent_upto = seq;
+	return 0;
+}
+
+static int drain_txn(struct store_txn *t, void *arg)
+{
+	struct drain_ctx *d = arg;
+	int rc = store_outbox_scan(t, d->c->sent_upto, drain_row, d);
+	return rc == 1 ? 0 : rc;
+}
+
+static void drain(struct coord *c)
+{
+	struct drain_ctx d = { .c = c, .budget = 1024 };
+	if (!c->io.can_publish(c->io.arg))
+		return;
+	int rc = store_read(c->st, drain_txn, &d);
+	if (rc < 0)
+		log_warnx("OUTBOX-READ failed: %s", ec_strerror(rc));
+}
+
+/* ---- public ------------------------------------------------------------------ */
+
+int coord_new(struct store *st, const struct coord_opts *o, const struct coord_io *io,
+	      struct coord **out)
+{
+	struct coord *c = calloc(1, sizeof *c);
+	if (!c)
+		return -ENOMEM;
+	c->st = st;
+	c->o = *o;
+	c->io = *io;
+	store_set_observer(st, coord_observe, c);
+	*out = c;
+	return 0;
+}
+
+void coord_free(struct coord *c)
+{
+	if (!c)
+		return;
+	store_set_observer(c->st, NULL, NULL);
+	free(c->in);
+	free(c->done);
+	free(c->touched);
+	free(c);
+}
+
+int coord_push(struct coord *c, struct coord_msg *m)
+{
+	int rc = grow((void **)&c->in, &c->capin, c->nin + 1, sizeof *c->in);
+	if (rc < 0)
+		return rc;
+	m->ack = false;
+	c->in[c->nin++] = m;
+	return 0;
+}
+
+void coord_delivered(struct coord *c, uint64_t seq)
+{
+	/* On allocation failure the row is simply published again later. */
+	if (grow((void **)&c->done, &c->capdone, c->ndone + 1, sizeof *c->done) == 0)
+		c->done[c->ndone++] = seq;
+}
+
+void coord_resend_all(struct coord *c)
+{
+	c->sent_upto = 0;
+}
+
+uint64_t coord_outbox_len(struct coord *c)
+{
+	return c->outbox_len;
+}
+
+int coord_flush(struct coord *c, int64_t now_ms)
+{
+	struct flush_ctx f = { .c = c, .n = c->nin };
+	int rc = 0;
+
+	c->now_ms = now_ms;
+	if (c->nin == 0 && c->ndone == 0) {
+		drain(c);
+		return 0;
+	}
+	if (c->nin) {
+		f.preps = calloc(c->nin, sizeof *f.preps);
+		if (!f.preps)
+			return -ENOMEM;
+	}
+	for (size_t i = 0; i < c->nin; i++) {
+		f.preps[i].m = c->in[i];
+		prepare(c, &f.preps[i]);
+	}
+	/* Backpressure: past outbox_max, submissions wait at the broker (no ack)
+	 * instead of growing the outbox further; control still goes through. */
+	f.backpressure = c->o.outbox_max && c->outbox_len >= c->o.outbox_max;
+	if (f.backpressure)
+		log_warnx("OUTBOX-FULL %llu rows: submissions are not acknowledged until "
+			  "the broker takes them", (unsigned long long)c->outbox_len);
+	rc = store_write(c->st, flush_txn, &f);
+	if (rc == 0) {
+		for (size_t i = 0; i < f.n; i++)
+			f.preps[i].m->ack = !(f.preps[i].kind == P_SUBMIT && f.backpressure);
+		c->ndone = 0;
+	} else {
+		log_warnx("STORE-WRITE failed, %zu messages wait for redelivery: %s", f.n,
+			  ec_strerror(rc));
+	}
+	for (size_t i = 0; i < f.n; i++)
+		submission_fini(&f.preps[i].sub);
+	free(f.preps);
+	c->nin = 0;
+	drain(c);
+	return rc;
+}

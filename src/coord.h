@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * coord.h - the coordinator's core on the main loop: turns inbound MQTT
+ * messages (submissions and control) into store changes, writes the messages
+ * those changes cause into the outbox in the same transaction, and drains the
+ * outbox to the broker.
+ *
+ * It owns the per-turn batch: messages and deliveries queue up while the loop
+ * runs; coord_flush() (the loop's before-sleep step) applies all of them in
+ * ONE durable store transaction, then reports which inbound messages may be
+ * acknowledged to the broker, then publishes what the outbox holds. An inbound
+ * message is acknowledged only after the transaction holding its effects has
+ * committed (DESIGN 2: a submission the broker accepted is never lost).
+ *
+ * It does no socket I/O itself: the MQTT side is reached through the
+ * coord_io callbacks, so tests can drive it with a store and no broker.
+ * Everything runs on the loop thread.
+ */
+#ifndef EC_COORD_H
+#define EC_COORD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+#include "task.h"
+
+/* Outbox row flags beyond store.h's OUTBOX_RETAIN/OUTBOX_EXPIRE. */
+enum {
+	OUTBOX_CBOR = 0x10,     /* content type application/cbor (else JSON) */
+	OUTBOX_CORR = 0x20,     /* payload = u16 BE length, correlation data, message */
+};
+
+struct coord_opts {
+	const char *prefix;             /* topic prefix */
+	const char *node_id;
+	bool status_all;                /* mqtt.status_events = all */
+	uint32_t max_pending;           /* per source, 0 = unlimited */
+	uint64_t outbox_max;            /* ingest stops acknowledging past this */
+	struct limits limits;
+};
+
+/* One inbound MQTT message, borrowed until coord_flush() returns. */
+struct coord_msg {
+	const char *topic;
+	const uint8_t *payload;
+	size_t len;
+	const char *content_type;       /* or NULL */
+	const char *response_topic;     /* or NULL (always NULL under MQTT 3.1.1) */
+	const uint8_t *corr;            /* correlation data, or NULL */
+	size_t corr_len;
+	bool ack;                       /* out: set by coord_flush when committed */
+	void *user;                     /* the caller's handle */
+};
+
+/* How coord publishes. publish() returns 0 if the message was handed to the
+ * client (its delivery is reported later with coord_delivered(seq)), or < 0 if
+ * it cannot take it now (not connected, window full): coord retries later. */
+struct coord_io {
+	int (*publish)(void *arg, uint64_t seq, const char *topic, const uint8_t *payload,
+		       size_t len, unsigned flags, const uint8_t *corr, size_t corr_len);
+	bool (*can_publish)(void *arg);
+	void *arg;
+};
+
+struct coord;
+
+/* *out is new. The store and opts strings are borrowed for coord's life. */
+int coord_new(struct store *st, const struct coord_opts *o, const struct coord_io *io,
+	      struct coord **out);
+void coord_free(struct coord *c);
+
+/* Queue an inbound message for the next flush (borrowed until it returns). */
+int coord_push(struct coord *c, struct coord_msg *m);
+/* A published outbox row was acknowledged by the broker (PUBACK). */
+void coord_delivered(struct coord *c, uint64_t seq);
+/* The connection was lost or re-established: every undeleted row is sent
+ * again from the oldest (at least once, in order). */
+void coord_resend_all(struct coord *c);
+
+/* Apply everything queued in one transaction, set ->ack on the queued
+ * messages, then publish from the outbox while io allows. Returns 0 or the
+ * store's error (then no message is acked; they are redelivered later). */
+int coord_flush(struct coord *c, int64_t now_ms);
+
+/* Outbox rows not yet acknowledged by the broker. */
+uint64_t coord_outbox_len(struct coord *c);
+
+/* The store observer: writes status, result and workflow rows. Installed by
+ * coord_new; exposed for tests. */
+int coord_observe(struct store_txn *t, const struct store_event *ev, void *arg);
+
+#endif

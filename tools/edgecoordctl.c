@@ -1,0 +1,689 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * edgecoordctl - the operator's command line (DESIGN 1).
+ *
+ * Queries (tasks, show, workflow, dot, mermaid, dead) open the daemon's LMDB
+ * environment read-only on the same host; they never write. Changes (cancel,
+ * retry, drain, undrain) are published on the control topics and wait for the
+ * coordinator's answer on a Response Topic.
+ *
+ * With --json every list is a JSON array of objects with at least task_id (or
+ * agent) and state, and `show` one object. JSON is written by building CBOR
+ * with cbw and converting it with codec_cbor_to_json, the same path the
+ * daemon's messages take.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cbw.h"
+#include "codec.h"
+#include "edgecoord/err.h"
+#include "store.h"
+
+struct ctl {
+	const char *data_dir;
+	const char *broker;
+	const char *prefix;
+	bool json;
+	struct store *store;
+};
+
+static void usage(FILE *f)
+{
+	fputs("usage: edgecoordctl [--data-dir DIR] [--broker URI] [--topic-prefix P] [--json]\n"
+	      "                    COMMAND [ARGS]\n"
+	      "queries (read the store in --data-dir, read-only; default ./edgecoord-data):\n"
+	      "  tasks [--state S] [--workflow W]   list tasks\n"
+	      "  show ID                            one task: fields, state, result, history\n"
+	      "  workflow ID                        a workflow's steps as a tree\n"
+	      "  dot ID | mermaid ID                a workflow's DAG, colored by state\n"
+	      "  dead                               dead letters with their reasons\n"
+	      "changes (through the control topics at --broker; default tcp://127.0.0.1:1883):\n"
+	      "  cancel ID | cancel --workflow ID\n"
+	      "  retry ID  | retry --workflow ID\n"
+	      "  drain AGENT | undrain AGENT\n"
+	      "exit status: 0 ok, 1 failure or refusal, 2 bad usage\n",
+	      f);
+}
+
+static int fail(int rc, const char *what)
+{
+	fprintf(stderr, "edgecoordctl: %s: %s\n", what, ec_strerror(rc));
+	return 1;
+}
+
+/* Render w (one CBOR item) as JSON on stdout. Consumes w. */
+static int print_json(struct cbw *w)
+{
+	char *json;
+	size_t len;
+	int rc = cbw_finish(w);
+	if (rc == 0)
+		rc = codec_cbor_to_json(w->buf, w->len, &json, &len);
+	cbw_fini(w);
+	if (rc < 0)
+		return fail(rc, "rendering JSON");
+	printf("%s\n", json);
+	free(json);
+	return 0;
+}
+
+static void fmt_time(int64_t ms, char *buf, size_t len)
+{
+	time_t s = (time_t)(ms / 1000);
+	struct tm tm;
+	if (ms <= 0) {
+		snprintf(buf, len, "-");
+		return;
+	}
+	gmtime_r(&s, &tm);
+	snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+}
+
+static void text_or_null(struct cbw *w, const char *s)
+{
+	if (s && *s)
+		cbw_text(w, s);
+	else
+		cbw_null(w);
+}
+
+/* ---- lists: tasks and dead ----------------------------------------------- */
+
+struct list {
+	int state;              /* filter, -1 = any */
+	const char *workflow;   /* filter, NULL = any */
+	bool json, dead;
+	struct cbw items;       /* json: the elements, n of them */
+	size_t n;
+};
+
+static int list_one(const struct task_rec *r, void *arg)
+{
+	struct list *l = arg;
+	if (l->state >= 0 && (int)r->state != l->state)
+		return 0;
+	if (l->workflow && (!r->spec.workflow || strcmp(r->spec.workflow, l->workflow) != 0))
+		return 0;
+	l->n++;
+	if (!l->json) {
+		char ts[32];
+		fmt_time(r->updated_ms, ts, sizeof ts);
+		if (l->dead)
+			printf("%-40s %-24s %3u  %s\n", r->spec.id, ts, r->attempt,
+			       r->error ? r->error : "-");
+		else
+			printf("%-40s %-10s %3u  %-16s %s\n", r->spec.id,
+			       task_state_name(r->state), r->attempt,
+			       r->agent[0] ? r->agent : "-", r->spec.type);
+		return 0;
+	}
+	cbw_map(&l->items, 7);
+	cbw_text(&l->items, "task_id");
+	cbw_text(&l->items, r->spec.id);
+	cbw_text(&l->items, "state");
+	cbw_text(&l->items, task_state_name(r->state));
+	cbw_text(&l->items, "type");
+	cbw_text(&l->items, r->spec.type);
+	cbw_text(&l->items, "workflow");
+	text_or_null(&l->items, r->spec.workflow);
+	cbw_text(&l->items, "attempt");
+	cbw_uint(&l->items, r->attempt);
+	cbw_text(&l->items, "agent");
+	text_or_null(&l->items, r->agent);
+	cbw_text(&l->items, "error");
+	text_or_null(&l->items, r->error);
+	return 0;
+}
+
+static int list_txn(struct store_txn *t, void *arg)
+{
+	struct list *l = arg;
+	if (l->dead)
+		return store_dead_scan(t, list_one, l);
+	if (l->workflow)
+		return store_workflow_steps(t, l->workflow, list_one, l);
+	return store_tasks_scan(t, l->state, list_one, l);
+}
+
+static int run_list(struct ctl *c, struct list *l)
+{
+	cbw_init(&l->items);
+	if (!c->json && l->dead)
+		printf("%-40s %-24s %3s  %s\n", "TASK", "DIED", "ATT", "REASON");
+	else if (!c->json)
+		printf("%-40s %-10s %3s  %-16s %s\n", "TASK", "STATE", "ATT", "AGENT", "TYPE");
+	int rc = store_read(c->store, list_txn, l);
+	if (rc < 0) {
+		cbw_fini(&l->items);
+		return fail(rc, "reading the store");
+	}
+	if (!c->json) {
+		cbw_fini(&l->items);
+		return 0;
+	}
+	struct cbw w;
+	cbw_init(&w);
+	cbw_array(&w, l->n);
+	if (cbw_finish(&l->items) == 0 && l->items.len)
+		cbw_raw(&w, l->items.buf, l->items.len); /* the n elements, back to back */
+	cbw_fini(&l->items);
+	return print_json(&w);
+}
+
+static int cmd_tasks(struct ctl *c, int argc, char **argv)
+{
+	struct list l = { .state = -1, .json = c->json };
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--state") == 0 && i + 1 < argc) {
+			l.state = task_state_parse(argv[++i]);
+			if (l.state < 0) {
+				fprintf(stderr, "edgecoordctl: unknown state '%s'\n", argv[i]);
+				return 2;
+			}
+		} else if (strcmp(argv[i], "--workflow") == 0 && i + 1 < argc) {
+			l.workflow = argv[++i];
+		} else {
+			fprintf(stderr, "edgecoordctl: tasks: unexpected argument '%s'\n", argv[i]);
+			return 2;
+		}
+	}
+	return run_list(c, &l);
+}
+
+static int cmd_dead(struct ctl *c)
+{
+	struct list l = { .state = -1, .json = c->json, .dead = true };
+	return run_list(c, &l);
+}
+
+/* ---- show ---------------------------------------------------------------- */
+
+struct show {
+	const char *id;
+	bool json;
+	struct task_rec rec;
+	struct result_rec res;
+	bool have_rec, have_res;
+	struct history_ev *hist;
+	size_t nhist;
+};
+
+static int show_hist(const struct history_ev *ev, void *arg)
+{
+	struct show *s = arg;
+	struct history_ev *h = realloc(s->hist, (s->nhist + 1) * sizeof *h);
+	if (!h)
+		return -ENOMEM;
+	h[s->nhist++] = *ev;
+	s->hist = h;
+	return 0;
+}
+
+static int show_txn(struct store_txn *t, void *arg)
+{
+	struct show *s = arg;
+	int rc = store_task_get(t, s->id, &s->rec);
+	if (rc < 0)
+		return rc;
+	s->have_rec = true;
+	rc = store_result_get(t, s->id, &s->res);
+	if (rc == 0)
+		s->have_res = true;
+	else if (rc != EC_ENOTFOUND)
+		return rc;
+	return store_history_scan(t, s->id, show_hist, s);
+}
+
+static void print_cbor_value(const uint8_t *cbor, size_t len)
+{
+	char *json;
+	size_t jlen;
+	if (!cbor || !len) {
+		printf("null\n");
+	} else if (codec_cbor_to_json(cbor, len, &json, &jlen) == 0) {
+		printf("%s\n", json);
+		free(json);
+	} else {
+		printf("(unprintable)\n");
+	}
+}
+
+static void show_text(const struct show *s)
+{
+	const struct task_rec *r = &s->rec;
+	const struct task_spec *t = &r->spec;
+	char ts[32];
+
+	printf("task_id:     %s\n", t->id);
+	printf("state:       %s\n", task_state_name(r->state));
+	printf("type:        %s\n", t->type);
+	if (t->workflow)
+		printf("workflow:    %s\n", t->workflow);
+	if (t->description)
+		printf("description: %s\n", t->description);
+	printf("priority:    %u\n", t->priority ? t->priority : 5);
+	printf("attempt:     %u\n", r->attempt);
+	printf("agent:       %s\n", r->agent[0] ? r->agent : "-");
+	printf("source:      %s\n", r->source);
+	fmt_time(r->created_ms, ts, sizeof ts);
+	printf("created:     %s\n", ts);
+	fmt_time(r->updated_ms, ts, sizeof ts);
+	printf("updated:     %s\n", ts);
+	if (t->ndeps) {
+		printf("depends_on: ");
+		for (uint32_t i = 0; i < t->ndeps; i++)
+			printf(" %s", t->deps[i]);
+		printf("\n");
+	}
+	if (r->error)
+		printf("error:       %s\n", r->error);
+	printf("payload:     ");
+	print_cbor_value(t->payload, t->payload_len);
+	if (s->have_res) {
+		printf("result:      ");
+		if (s->res.ok)
+			print_cbor_value(s->res.result, s->res.result_len);
+		else
+			printf("error: %s\n", s->res.error ? s->res.error : "");
+	}
+	printf("history:\n");
+	for (size_t i = 0; i < s->nhist; i++) {
+		const struct history_ev *h = &s->hist[i];
+		fmt_time(h->ts_ms, ts, sizeof ts);
+		printf("  %s  %-10s -> %-10s attempt %u%s%s%s%s\n", ts, task_state_name(h->from),
+		       task_state_name(h->to), h->attempt, h->agent[0] ? "  agent " : "",
+		       h->agent, h->detail[0] ? "  " : "", h->detail);
+	}
+}
+
+static int show_json(const struct show *s)
+{
+	const struct task_rec *r = &s->rec;
+	const struct task_spec *t = &r->spec;
+	struct cbw w;
+
+	cbw_init(&w);
+	cbw_map(&w, 13);
+	cbw_text(&w, "task_id");
+	cbw_text(&w, t->id);
+	cbw_text(&w, "state");
+	cbw_text(&w, task_state_name(r->state));
+	cbw_text(&w, "type");
+	cbw_text(&w, t->type);
+	cbw_text(&w, "workflow");
+	text_or_null(&w, t->workflow);
+	cbw_text(&w, "priority");
+	cbw_uint(&w, t->priority ? t->priority : 5);
+	cbw_text(&w, "attempt");
+	cbw_uint(&w, r->attempt);
+	cbw_text(&w, "agent");
+	text_or_null(&w, r->agent);
+	cbw_text(&w, "source");
+	cbw_text(&w, r->source);
+	cbw_text(&w, "depends_on");
+	cbw_array(&w, t->ndeps);
+	for (uint32_t i = 0; i < t->ndeps; i++)
+		cbw_text(&w, t->deps[i]);
+	cbw_text(&w, "error");
+	text_or_null(&w, r->error);
+	cbw_text(&w, "payload");
+	cbw_raw(&w, t->payload, t->payload_len);
+	cbw_text(&w, "result");
+	if (s->have_res && s->res.ok)
+		cbw_raw(&w, s->res.result, s->res.result_len);
+	else
+		cbw_null(&w);
+	cbw_text(&w, "history");
+	cbw_array(&w, s->nhist);
+	for (size_t i = 0; i < s->nhist; i++) {
+		const struct history_ev *h = &s->hist[i];
+		cbw_map(&w, 6);
+		cbw_text(&w, "ts");
+		cbw_int(&w, h->ts_ms);
+		cbw_text(&w, "from");
+		cbw_text(&w, task_state_name(h->from));
+		cbw_text(&w, "to");
+		cbw_text(&w, task_state_name(h->to));
+		cbw_text(&w, "attempt");
+		cbw_uint(&w, h->attempt);
+		cbw_text(&w, "agent");
+		text_or_null(&w, h->agent);
+		cbw_text(&w, "detail");
+		text_or_null(&w, h->detail);
+	}
+	return print_json(&w);
+}
+
+static int cmd_show(struct ctl *c, int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "edgecoordctl: usage: show ID\n");
+		return 2;
+	}
+	struct show s = { .id = argv[1], .json = c->json };
+	int rc = store_read(c->store, show_txn, &s);
+	int ret;
+	if (rc == EC_ENOTFOUND) {
+		fprintf(stderr, "edgecoordctl: no task '%s'\n", argv[1]);
+		ret = 1;
+	} else if (rc < 0) {
+		ret = fail(rc, "reading the store");
+	} else if (c->json) {
+		ret = show_json(&s);
+	} else {
+		show_text(&s);
+		ret = 0;
+	}
+	if (s.have_rec)
+		task_rec_fini(&s.rec);
+	if (s.have_res)
+		result_rec_fini(&s.res);
+	free(s.hist);
+	return ret;
+}
+
+/* ---- workflows: tree, dot, mermaid --------------------------------------- */
+
+struct wf_view {
+	const char *id;
+	struct workflow_rec wf;
+	bool have_wf;
+	struct task_rec *steps; /* in id order */
+	size_t n;
+};
+
+static int wf_step(const struct task_rec *r, void *arg)
+{
+	struct wf_view *v = arg;
+	struct task_rec *s = realloc(v->steps, (v->n + 1) * sizeof *s);
+	if (!s)
+		return -ENOMEM;
+	v->steps = s;
+	/* Keep the few fields we print; the borrowed record's pointers die. */
+	struct task_rec *d = &v->steps[v->n++];
+	memset(d, 0, sizeof *d);
+	memcpy(d->spec.id, r->spec.id, sizeof d->spec.id);
+	memcpy(d->spec.type, r->spec.type, sizeof d->spec.type);
+	d->state = r->state;
+	d->attempt = r->attempt;
+	memcpy(d->agent, r->agent, sizeof d->agent);
+	d->spec.ndeps = r->spec.ndeps;
+	if (r->spec.ndeps) {
+		d->spec.deps = calloc(r->spec.ndeps, sizeof *d->spec.deps);
+		if (!d->spec.deps)
+			return -ENOMEM;
+		for (uint32_t i = 0; i < r->spec.ndeps; i++)
+			if (!(d->spec.deps[i] = strdup(r->spec.deps[i])))
+				return -ENOMEM;
+	}
+	return 0;
+}
+
+static int wf_txn(struct store_txn *t, void *arg)
+{
+	struct wf_view *v = arg;
+	int rc = store_workflow_get(t, v->id, &v->wf);
+	if (rc < 0)
+		return rc;
+	v->have_wf = true;
+	return store_workflow_steps(t, v->id, wf_step, v);
+}
+
+static void wf_view_fini(struct wf_view *v)
+{
+	for (size_t i = 0; i < v->n; i++)
+		task_spec_fini(&v->steps[i].spec);
+	free(v->steps);
+	if (v->have_wf)
+		workflow_rec_fini(&v->wf);
+}
+
+static const char *short_id(const char *full)
+{
+	const char *colon = strchr(full, ':');
+	return colon ? colon + 1 : full;
+}
+
+static size_t step_index(const struct wf_view *v, const char *id)
+{
+	size_t lo = 0, hi = v->n; /* steps are in id order */
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		int c = strcmp(v->steps[mid].spec.id, id);
+		if (c == 0)
+			return mid;
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return SIZE_MAX;
+}
+
+/*
+ * Depth of each step = longest path from a root, computed iteratively in
+ * rounds (Bellman-Ford style) so a long chain needs no recursion. Steps are
+ * then printed by depth, which reads as a tree for the common shapes.
+ */
+static int print_tree(const struct wf_view *v)
+{
+	size_t *depth = calloc(v->n ? v->n : 1, sizeof *depth);
+	if (!depth)
+		return fail(-ENOMEM, "workflow");
+	for (bool changed = true; changed;) {
+		changed = false;
+		for (size_t i = 0; i < v->n; i++) {
+			const struct task_spec *t = &v->steps[i].spec;
+			for (uint32_t d = 0; d < t->ndeps; d++) {
+				size_t j = step_index(v, t->deps[d]);
+				if (j != SIZE_MAX && depth[j] + 1 > depth[i]) {
+					depth[i] = depth[j] + 1;
+					changed = true;
+				}
+			}
+		}
+	}
+	size_t maxd = 0;
+	for (size_t i = 0; i < v->n; i++)
+		maxd = depth[i] > maxd ? depth[i] : maxd;
+	printf("%s  %s  (%u steps)\n", v->wf.id, workflow_state(&v->wf), v->wf.total);
+	for (size_t d = 0; d <= maxd && v->n; d++) {
+		for (size_t i = 0; i < v->n; i++) {
+			if (depth[i] != d)
+				continue;
+			const struct task_rec *r = &v->steps[i];
+			printf("%*s%s %-*s %-10s", (int)(2 + 2 * d), "", d ? "└─" : "•",
+			       (int)(24 > 2 * d ? 24 - 2 * d : 1), short_id(r->spec.id),
+			       task_state_name(r->state));
+			if (r->spec.ndeps) {
+				printf("  after");
+				for (uint32_t k = 0; k < r->spec.ndeps; k++)
+					printf(" %s", short_id(r->spec.deps[k]));
+			}
+			printf("\n");
+		}
+	}
+	free(depth);
+	return 0;
+}
+
+static const char *state_color(enum task_state s)
+{
+	switch (s) {
+	case TS_SUCCEEDED: return "#8fd18f";
+	case TS_DEAD: return "#e57373";
+	case TS_FAILED: case TS_RETRY_WAIT: return "#ffb74d";
+	case TS_RUNNING: case TS_DISPATCHED: return "#64b5f6";
+	case TS_READY: return "#fff176";
+	case TS_CANCELLED: case TS_SKIPPED: return "#bdbdbd";
+	default: return "#ffffff";
+	}
+}
+
+static void print_dot(const struct wf_view *v)
+{
+	printf("digraph \"%s\" {\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\"];\n",
+	       v->wf.id);
+	for (size_t i = 0; i < v->n; i++) {
+		const struct task_rec *r = &v->steps[i];
+		printf("  \"%s\" [label=\"%s\\n%s\", fillcolor=\"%s\"];\n", short_id(r->spec.id),
+		       short_id(r->spec.id), task_state_name(r->state), state_color(r->state));
+	}
+	for (size_t i = 0; i < v->n; i++)
+		for (uint32_t d = 0; d < v->steps[i].spec.ndeps; d++)
+			printf("  \"%s\" -> \"%s\";\n", short_id(v->steps[i].spec.deps[d]),
+			       short_id(v->steps[i].spec.id));
+	printf("}\n");
+}
+
+/* Mermaid node ids allow fewer characters than ours: number them. */
+static void print_mermaid(const struct wf_view *v)
+{
+	printf("graph LR\n");
+	for (int s = 0; s < TS__COUNT; s++)
+		printf("  classDef %s fill:%s\n", task_state_name(s), state_color(s));
+	for (size_t i = 0; i < v->n; i++) {
+		const struct task_rec *r = &v->steps[i];
+		printf("  n%zu[\"%s<br/>%s\"]:::%s\n", i, short_id(r->spec.id),
+		       task_state_name(r->state), task_state_name(r->state));
+	}
+	for (size_t i = 0; i < v->n; i++)
+		for (uint32_t d = 0; d < v->steps[i].spec.ndeps; d++) {
+			size_t j = step_index(v, v->steps[i].spec.deps[d]);
+			if (j != SIZE_MAX)
+				printf("  n%zu --> n%zu\n", j, i);
+		}
+}
+
+static int workflow_json(const struct wf_view *v)
+{
+	struct cbw w;
+	cbw_init(&w);
+	cbw_map(&w, 4);
+	cbw_text(&w, "workflow");
+	cbw_text(&w, v->wf.id);
+	cbw_text(&w, "state");
+	cbw_text(&w, workflow_state(&v->wf));
+	cbw_text(&w, "total");
+	cbw_uint(&w, v->wf.total);
+	cbw_text(&w, "steps");
+	cbw_array(&w, v->n);
+	for (size_t i = 0; i < v->n; i++) {
+		const struct task_rec *r = &v->steps[i];
+		cbw_map(&w, 4);
+		cbw_text(&w, "task_id");
+		cbw_text(&w, r->spec.id);
+		cbw_text(&w, "state");
+		cbw_text(&w, task_state_name(r->state));
+		cbw_text(&w, "attempt");
+		cbw_uint(&w, r->attempt);
+		cbw_text(&w, "depends_on");
+		cbw_array(&w, r->spec.ndeps);
+		for (uint32_t d = 0; d < r->spec.ndeps; d++)
+			cbw_text(&w, r->spec.deps[d]);
+	}
+	return print_json(&w);
+}
+
+static int cmd_workflow(struct ctl *c, const char *how, int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "edgecoordctl: usage: %s ID\n", how);
+		return 2;
+	}
+	struct wf_view v = { .id = argv[1] };
+	int rc = store_read(c->store, wf_txn, &v), ret = 0;
+	if (rc == EC_ENOTFOUND) {
+		fprintf(stderr, "edgecoordctl: no workflow '%s'\n", argv[1]);
+		ret = 1;
+	} else if (rc < 0) {
+		ret = fail(rc, "reading the store");
+	} else if (strcmp(how, "dot") == 0) {
+		print_dot(&v);
+	} else if (strcmp(how, "mermaid") == 0) {
+		print_mermaid(&v);
+	} else if (c->json) {
+		ret = workflow_json(&v);
+	} else {
+		ret = print_tree(&v);
+	}
+	wf_view_fini(&v);
+	return ret;
+}
+
+/* ---- main ---------------------------------------------------------------- */
+
+static bool is_query(const char *cmd)
+{
+	static const char *const q[] = { "tasks", "show", "workflow", "dot", "mermaid", "dead" };
+	for (size_t i = 0; i < sizeof q / sizeof q[0]; i++)
+		if (strcmp(cmd, q[i]) == 0)
+			return true;
+	return false;
+}
+
+int ctl_control(const char *broker, const char *prefix, bool json, int argc, char **argv);
+
+int main(int argc, char **argv)
+{
+	struct ctl c = { .data_dir = "./edgecoord-data", .broker = "tcp://127.0.0.1:1883",
+			 .prefix = "edgecoord" };
+	int i = 1;
+
+	for (; i < argc && argv[i][0] == '-'; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "--json") == 0) {
+			c.json = true;
+		} else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage(stdout);
+			return 0;
+		} else if (strcmp(a, "--version") == 0) {
+			printf("edgecoordctl %s\n", EC_VERSION);
+			return 0;
+		} else if (i + 1 < argc && strcmp(a, "--data-dir") == 0) {
+			c.data_dir = argv[++i];
+		} else if (i + 1 < argc && strcmp(a, "--broker") == 0) {
+			c.broker = argv[++i];
+		} else if (i + 1 < argc && strcmp(a, "--topic-prefix") == 0) {
+			c.prefix = argv[++i];
+		} else {
+			fprintf(stderr, "edgecoordctl: unknown option '%s'\n", a);
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (i >= argc) {
+		usage(stderr);
+		return 2;
+	}
+	const char *cmd = argv[i];
+	argc -= i;
+	argv += i;
+	if (!is_query(cmd))
+		return ctl_control(c.broker, c.prefix, c.json, argc, argv);
+
+	struct store_opts so = { .dir = c.data_dir, .read_only = true,
+				 .map_size = 64u << 20, .max_map_size = 64u << 20 };
+	int rc = store_open(&so, &c.store);
+	if (rc < 0) {
+		fprintf(stderr, "edgecoordctl: cannot open the store in %s: %s\n", c.data_dir,
+			ec_strerror(rc));
+		return 1;
+	}
+	int ret;
+	if (strcmp(cmd, "tasks") == 0)
+		ret = cmd_tasks(&c, argc, argv);
+	else if (strcmp(cmd, "show") == 0)
+		ret = cmd_show(&c, argc, argv);
+	else if (strcmp(cmd, "dead") == 0)
+		ret = argc == 1 ? cmd_dead(&c) : 2;
+	else
+		ret = cmd_workflow(&c, cmd, argc, argv);
+	store_close(c.store);
+	return ret;
+}
