@@ -79,7 +79,7 @@ struct opts {
 	int init_only; /* an option that only init takes was given */
 };
 
-/* What one run created, so that a failure can take it back. */
+/* What one run created (four files at most), so a failure can take it back. */
 struct created {
 	char path[8][PATH_MAX];
 	size_t n;
@@ -667,8 +667,11 @@ static int exists(const char *dir, const char *name, const char *ext)
 	return lstat(path, &st) == 0 || errno != ENOENT;
 }
 
-/* mkdir -p; the last component 0700 (parents: 0755 less the umask). */
-static int make_dir(const char *dir)
+/*
+ * mkdir -p; the last component 0700 (parents: 0755 less the umask). *made
+ * tells whether DIR itself is new, so that a failed init can remove it.
+ */
+static int make_dir(const char *dir, int *made)
 {
 	char buf[PATH_MAX];
 	struct stat st;
@@ -685,7 +688,8 @@ static int make_dir(const char *dir)
 			return -errno;
 		*s = '/';
 	}
-	if (mkdir(dir, 0700) != 0) {
+	*made = mkdir(dir, 0700) == 0;
+	if (!*made) {
 		if (errno != EEXIST)
 			return -errno;
 		if (stat(dir, &st) != 0)
@@ -709,7 +713,7 @@ static int cmd_init(const char *dir, struct opts *o)
 	char path[PATH_MAX], host[256] = "", issuer[8 + CN_MAX_LEN];
 	char ca_nb[15], ca_na[15], nb[15], na[15];
 	struct cert_req ca_req, req;
-	int ret;
+	int ret, made_dir = 0;
 
 	for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
 		if (exists(dir, files[i], "")) {
@@ -739,7 +743,7 @@ static int cmd_init(const char *dir, struct opts *o)
 		fprintf(stderr, PROG ": the validity ends after the year 9999\n");
 		return EXIT_USAGE;
 	}
-	ret = make_dir(dir);
+	ret = make_dir(dir, &made_dir);
 	if (ret != 0) {
 		fprintf(stderr, PROG ": cannot create %s: %s\n", dir, strerror(-ret));
 		return EXIT_FAIL;
@@ -749,8 +753,11 @@ static int cmd_init(const char *dir, struct opts *o)
 	mbedtls_pk_init(&key);
 	snprintf(issuer, sizeof issuer, "CN=%s", o->ca_cn);
 	ret = gen_key(&ca_key);
-	if (ret != 0)
+	if (ret != 0) {
+		if (made_dir)
+			rmdir(dir);
 		return EXIT_FAIL;
+	}
 	ca_req = (struct cert_req){ .kind = CERT_CA, .cn = o->ca_cn,
 				    .issuer = issuer, .key = &ca_key,
 				    .ca_key = &ca_key, .not_before = ca_nb,
@@ -776,11 +783,14 @@ static int cmd_init(const char *dir, struct opts *o)
 		ret = write_cert(dir, "coordinator", &req, &ca);
 	if (ret == 0 && sync_dir(dir) != 0)
 		ret = -EIO;
-	if (ret != 0)
+	if (ret != 0) {
 		undo_created();
-	else
+		if (made_dir)
+			rmdir(dir);
+	} else {
 		printf("%s: fleet CA \"%s\" and coordinator certificate \"%s\" "
 		       "(valid %s to %s UTC) written\n", dir, o->ca_cn, o->cn, nb, na);
+	}
 	mbedtls_x509_crt_free(&ca);
 	mbedtls_pk_free(&key);
 	mbedtls_pk_free(&ca_key);

@@ -163,6 +163,10 @@ check "... and writes no NAME.crt" test "$before" = "$(sums "$F")"
 mkdir -m 700 "$T/partial" && echo x >"$T/partial/coordinator.key"
 check_rc "init where coordinator.key exists exits 1" 1 "$PKI" init "$T/partial"
 check "... and writes nothing" test "$(ls -A "$T/partial")" = "coordinator.key"
+mkdir -m 700 "$T/mixed" && cp "$F/ca.crt" "$T/mixed/" && cp "$T/foreign/ca.key" "$T/mixed/"
+check_rc "issue with a ca.key not ca.crt's exits 1" 1 "$PKI" issue "$T/mixed" agent-001
+check "... and names the mismatch" grep -q "is not the key of" "$T/last"
+check "... and writes nothing" test "$(ls -A "$T/mixed" | sort | tr '\n' ' ')" = "ca.crt ca.key "
 check_rc "issue without a CA exits 1" 1 "$PKI" issue "$T/nowhere" agent-001
 check "... and creates nothing" test ! -e "$T/nowhere"
 chmod 500 "$S"
