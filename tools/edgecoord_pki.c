@@ -369,6 +369,8 @@ static int write_file(const char *path, const void *buf, size_t len,
 
 		if (w < 0 && errno != EINTR)
 			ret = -errno;
+		else if (w == 0)
+			ret = -EIO;
 		else if (w > 0)
 			off += (size_t)w;
 	}
