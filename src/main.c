@@ -1,0 +1,435 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * main.c - the edgecoord daemon: reads top to bottom as it starts, and tears
+ * down in mirror order (mosquitto's src/mosquitto.c):
+ *   args -> config -> log -> store -> loop -> coord -> mqtt -> run -> teardown.
+ *
+ * The loop's before-sleep step is where durability happens: everything that
+ * arrived in the turn is committed in one transaction (coord_flush), and only
+ * then are the inbound messages acknowledged to the broker.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "coord.h"
+#include "edgecoord/err.h"
+#include "log.h"
+#include "loop.h"
+#include "mqtt.h"
+#include "msg.h"
+#include "store.h"
+
+#define SHUTDOWN_FLUSH_MS 3000
+
+struct daemon {
+	struct config cfg;
+	const char *config_path;
+	struct store *store;
+	struct loop *loop;
+	struct coord *coord;
+	struct mqtt *mqtt;
+	struct mqtt_msg *pending;       /* taken, waiting for the turn's commit */
+	struct coord_msg *cmsgs;        /* one per pending message */
+	size_t npending, capmsgs;
+	char state_topic[MSG_TOPIC_MAX];
+	bool log_level_flag;            /* --log-level given: SIGHUP keeps it */
+};
+
+static void usage(FILE *f)
+{
+	fputs("usage: edgecoord [-c FILE] [--broker URI] [--data-dir DIR] [--listen HOST:PORT]\n"
+	      "                 [--node-id ID] [--topic-prefix P] [--ca FILE --cert FILE --key FILE]\n"
+	      "                 [--log-level error|warn|info|debug] [--check-config] [--version]\n"
+	      "                 [--help]\n\n"
+	      "Every flag has a configuration key, and flags win over the file.\n"
+	      "Configuration keys ([section] key = value):\n",
+	      f);
+	config_print_reference(f, false);
+}
+
+/* ---- the MQTT side of coord -------------------------------------------------- */
+
+static int io_publish(void *arg, uint64_t seq, const char *topic, const uint8_t *payload,
+		      size_t len, unsigned flags, const uint8_t *corr, size_t corr_len)
+{
+	struct daemon *d = arg;
+	struct mqtt_pub p = {
+		.topic = topic,
+		.payload = payload,
+		.len = len,
+		.retain = flags & OUTBOX_RETAIN,
+		.expiry_s = (flags & OUTBOX_EXPIRE) ? (uint32_t)d->cfg.mqtt.result_ttl_s : 0,
+		.content_type = (flags & OUTBOX_CBOR) ? "application/cbor" : "application/json",
+		.correlation = corr,
+		.correlation_len = corr_len,
+		.tag = seq,
+	};
+	return mqtt_publish(d->mqtt, &p);
+}
+
+static bool io_can_publish(void *arg)
+{
+	struct daemon *d = arg;
+	return mqtt_can_publish(d->mqtt);
+}
+
+static void on_mqtt(struct loop *l, int fd, unsigned events, void *arg)
+{
+	struct daemon *d = arg;
+	struct mqtt_events ev;
+	uint64_t tags[256];
+	size_t n;
+
+	mqtt_take_events(d->mqtt, &ev);
+	if (ev.connects) {
+		log_info("MQTT-CONNECTED %s (MQTT %s)", d->cfg.mqtt.uri,
+			 mqtt_is_v5(d->mqtt) ? "5" : "3.1.1");
+		coord_resend_all(d->coord);
+	}
+	if (ev.losses)
+		log_warnx("MQTT-LOST connection to %s; the outbox keeps what is not sent",
+			  d->cfg.mqtt.uri);
+	while ((n = mqtt_take_delivered(d->mqtt, tags, 256)) > 0)
+		for (size_t i = 0; i < n; i++)
+			coord_delivered(d->coord, tags[i]);
+	bool failed = false;
+	while (mqtt_take_failed(d->mqtt, tags, 256) > 0)
+		failed = true;
+	if (failed)
+		coord_resend_all(d->coord);
+
+	for (struct mqtt_msg *m = mqtt_take_inbound(d->mqtt), *next; m; m = next) {
+		next = m->next;
+		m->next = d->pending;
+		d->pending = m;
+		d->npending++;
+	}
+}
+
+/* Before the loop sleeps: commit the turn, then acknowledge. */
+static void before_sleep(struct loop *l, void *arg)
+{
+	struct daemon *d = arg;
+	size_t i = 0;
+
+	if (d->npending > d->capmsgs) {
+		struct coord_msg *c = realloc(d->cmsgs, d->npending * sizeof *c);
+		if (!c) {
+			log_warnx("out of memory; messages wait for redelivery");
+			return;
+		}
+		d->cmsgs = c;
+		d->capmsgs = d->npending;
+	}
+	/* pending is newest first; give coord the oldest first. */
+	i = d->npending;
+	for (struct mqtt_msg *m = d->pending; m; m = m->next) {
+		struct coord_msg *c = &d->cmsgs[--i];
+		*c = (struct coord_msg){
+			.topic = m->topic, .payload = m->payload, .len = m->len,
+			.content_type = m->content_type, .response_topic = m->response_topic,
+			.corr = m->correlation, .corr_len = m->correlation_len, .user = m,
+		};
+	}
+	for (i = 0; i < d->npending; i++)
+		if (coord_push(d->coord, &d->cmsgs[i]) < 0)
+			break; /* not pushed: ack stays false, redelivered */
+	coord_flush(d->coord, loop_realtime_ms());
+	for (i = 0; i < d->npending; i++)
+		mqtt_inbound_done(d->mqtt, d->cmsgs[i].user, d->cmsgs[i].ack);
+	d->pending = NULL;
+	d->npending = 0;
+}
+
+static void on_signal(struct loop *l, int signo, void *arg)
+{
+	struct daemon *d = arg;
+
+	if (signo == SIGHUP) {
+		struct config fresh;
+		struct config_errors errs;
+		config_defaults(&fresh);
+		config_errors_init(&errs);
+		if (d->config_path && config_load(&fresh, d->config_path, &errs) != 0) {
+			log_warnx("RELOAD-FAILED %s: keeping the running configuration",
+				  d->config_path);
+			config_errors_print(&errs, stderr);
+		} else if (d->config_path) {
+			if (!d->log_level_flag) /* a --log-level flag keeps winning */
+				d->cfg.log.level = fresh.log.level;
+			log_set_level(d->cfg.log.level);
+			log_info("RELOAD log level is %s; other keys need a restart",
+				 log_level_name(d->cfg.log.level));
+		} else {
+			log_info("RELOAD nothing to reload: started without -c");
+		}
+		config_errors_fini(&errs);
+		config_fini(&fresh);
+		return;
+	}
+	log_info("SHUTDOWN on signal %d", signo);
+	loop_stop(l);
+}
+
+/* ---- start-up ------------------------------------------------------------------ */
+
+static int parse_args(struct daemon *d, int argc, char **argv, bool *check_only)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "broker", required_argument, NULL, 'b' },
+		{ "data-dir", required_argument, NULL, 'd' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "node-id", required_argument, NULL, 'n' },
+		{ "topic-prefix", required_argument, NULL, 'p' },
+		{ "ca", required_argument, NULL, 'A' },
+		{ "cert", required_argument, NULL, 'C' },
+		{ "key", required_argument, NULL, 'K' },
+		{ "log-level", required_argument, NULL, 'L' },
+		{ "check-config", no_argument, NULL, 'k' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	static const struct { int opt; const char *section, *key; } keys[] = {
+		{ 'b', "mqtt", "uri" }, { 'd', "coordinator", "data_dir" },
+		{ 'l', "agents", "listen" }, { 'n', "coordinator", "node_id" },
+		{ 'p', "mqtt", "topic_prefix" }, { 'A', "agents", "ca_file" },
+		{ 'C', "agents", "cert_file" }, { 'K', "agents", "key_file" },
+		{ 'L', "log", "level" },
+	};
+	int opt, bad = 0;
+	char err[256];
+
+	while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'c':
+			d->config_path = optarg;
+			continue;
+		case 'k':
+			*check_only = true;
+			continue;
+		case 'V':
+			printf("edgecoord %s\n", EC_VERSION);
+			exit(0);
+		case 'h':
+			usage(stdout);
+			exit(0);
+		case '?':
+			bad = 1;
+			continue;
+		case 'L':
+			d->log_level_flag = true;
+			break;
+		}
+		for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+			if (keys[i].opt != opt)
+				continue;
+			if (config_set(&d->cfg, keys[i].section, keys[i].key, optarg, err,
+				       sizeof err) < 0) {
+				fprintf(stderr, "edgecoord: command line: %s\n", err);
+				bad = 1;
+			}
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "edgecoord: unexpected argument '%s'\n", argv[optind]);
+		bad = 1;
+	}
+	return bad ? -1 : 0;
+}
+
+static int load_config(struct daemon *d, int argc, char **argv, bool *check_only)
+{
+	struct config_errors errs;
+	int rc;
+
+	config_defaults(&d->cfg);
+	if (parse_args(d, argc, argv, check_only) < 0) {
+		fprintf(stderr, "usage: edgecoord [-c FILE] [options]; see edgecoord --help\n");
+		return -1;
+	}
+	config_errors_init(&errs);
+	rc = d->config_path ? config_load(&d->cfg, d->config_path, &errs) : 0;
+	if (rc == 0)
+		rc = config_finish(&d->cfg, &errs);
+	config_errors_print(&errs, stderr);
+	config_errors_fini(&errs);
+	return rc == 0 ? 0 : -1;
+}
+
+/* Agents' PKI: all three flags/keys, or DATA_DIR/pki/, or none (listener off). */
+static void check_pki(struct daemon *d)
+{
+	if (d->cfg.agents.ca_file)
+		return;
+	char path[4096];
+	struct stat st;
+	snprintf(path, sizeof path, "%s/pki/coordinator.crt", d->cfg.coordinator.data_dir);
+	if (stat(path, &st) == 0)
+		return;
+	log_warnx("AGENTS-OFF no --ca/--cert/--key and no %s/pki/: the agent listener is "
+		  "off; ingest works", d->cfg.coordinator.data_dir);
+}
+
+static int start_mqtt(struct daemon *d)
+{
+	const char *p = d->cfg.mqtt.topic_prefix;
+	char sub_submit[MSG_TOPIC_MAX], sub_source[MSG_TOPIC_MAX], sub_control[MSG_TOPIC_MAX];
+	const char *subs[] = { sub_submit, sub_source, sub_control };
+	uint8_t *will, *online;
+	size_t will_len, online_len;
+	int rc;
+
+	snprintf(sub_submit, sizeof sub_submit, "%s/submit", p);
+	snprintf(sub_source, sizeof sub_source, "%s/submit/+", p);
+	snprintf(sub_control, sizeof sub_control, "%s/control/+", p);
+	snprintf(d->state_topic, sizeof d->state_topic, "%s/coordinator/%s/state", p,
+		 d->cfg.coordinator.node_id);
+	int64_t now = loop_realtime_ms();
+	rc = msg_coordinator_state("offline", d->cfg.coordinator.node_id, now, &will, &will_len);
+	if (rc < 0)
+		return rc;
+	rc = msg_coordinator_state("online", d->cfg.coordinator.node_id, now, &online,
+				   &online_len);
+	if (rc < 0) {
+		free(will);
+		return rc;
+	}
+	struct mqtt_opts o = {
+		.uri = d->cfg.mqtt.uri,
+		.client_id = d->cfg.mqtt.client_id,
+		.username = d->cfg.mqtt.username,
+		.password = d->cfg.mqtt.password,
+		.ca_file = d->cfg.mqtt.ca_file,
+		.cert_file = d->cfg.mqtt.cert_file,
+		.key_file = d->cfg.mqtt.key_file,
+		.keepalive_s = (int)d->cfg.mqtt.keepalive_s,
+		.subs = subs,
+		.n_subs = 3,
+		.will_topic = d->state_topic,
+		.will_payload = will,
+		.will_len = will_len,
+		.online_topic = d->state_topic,
+		.online_payload = online,
+		.online_len = online_len,
+	};
+	rc = mqtt_open(&o, &d->mqtt);
+	free(will);
+	free(online);
+	if (rc < 0)
+		return rc;
+	return loop_add(d->loop, mqtt_fd(d->mqtt), LOOP_READ, on_mqtt, d);
+}
+
+/* Publish what the outbox holds, for a bounded time, then say "offline". */
+static void flush_before_exit(struct daemon *d)
+{
+	int64_t until = loop_now_ms() + SHUTDOWN_FLUSH_MS;
+	uint8_t *off;
+	size_t off_len;
+
+	while (loop_now_ms() < until) {
+		on_mqtt(d->loop, mqtt_fd(d->mqtt), LOOP_READ, d);
+		before_sleep(d->loop, d);
+		if (coord_outbox_len(d->coord) == 0 && mqtt_inflight(d->mqtt) == 0)
+			break;
+		usleep(10000);
+	}
+	if (coord_outbox_len(d->coord))
+		log_warnx("SHUTDOWN %llu outbox rows left; they are sent after the restart",
+			  (unsigned long long)coord_outbox_len(d->coord));
+	if (msg_coordinator_state("offline", d->cfg.coordinator.node_id, loop_realtime_ms(),
+				  &off, &off_len) == 0) {
+		struct mqtt_pub p = { .topic = d->state_topic, .payload = off, .len = off_len,
+				      .retain = true, .content_type = "application/json" };
+		if (mqtt_publish(d->mqtt, &p) == 0)
+			for (int i = 0; i < 100 && mqtt_inflight(d->mqtt); i++)
+				usleep(10000);
+		free(off);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	struct daemon d = { 0 };
+	bool check_only = false;
+	int ret = 1, rc;
+
+	if (load_config(&d, argc, argv, &check_only) < 0) {
+		config_fini(&d.cfg);
+		return 2;
+	}
+	if (check_only) {
+		printf("configuration OK\n");
+		config_fini(&d.cfg);
+		return 0;
+	}
+	log_init("edgecoord", d.cfg.log.level, d.cfg.log.syslog);
+
+	struct store_opts so = {
+		.dir = d.cfg.coordinator.data_dir,
+		.map_size = (size_t)d.cfg.coordinator.map_size_bytes,
+		.max_map_size = (size_t)d.cfg.coordinator.max_map_size_bytes,
+	};
+	rc = store_open(&so, &d.store);
+	if (rc < 0) {
+		log_error("STORE-OPEN %s: %s", so.dir, ec_strerror(rc));
+		goto out_config;
+	}
+	rc = loop_open(&d.loop); /* before any thread: it blocks the signals */
+	if (rc < 0) {
+		log_error("loop: %s", ec_strerror(rc));
+		goto out_store;
+	}
+	loop_on_signal(d.loop, on_signal, &d);
+	loop_set_before_sleep(d.loop, before_sleep, &d);
+
+	struct coord_opts co = {
+		.prefix = d.cfg.mqtt.topic_prefix,
+		.node_id = d.cfg.coordinator.node_id,
+		.status_all = d.cfg.mqtt.status_events == CONFIG_STATUS_ALL,
+		.max_pending = (uint32_t)d.cfg.scheduler.max_pending_per_source,
+		.outbox_max = (uint64_t)d.cfg.mqtt.outbox_max,
+	};
+	config_limits(&d.cfg, &co.limits);
+	struct coord_io io = { .publish = io_publish, .can_publish = io_can_publish, .arg = &d };
+	rc = coord_new(d.store, &co, &io, &d.coord);
+	if (rc < 0)
+		goto out_loop;
+	check_pki(&d);
+	rc = start_mqtt(&d);
+	if (rc < 0) {
+		log_error("MQTT %s: %s", d.cfg.mqtt.uri, ec_strerror(rc));
+		goto out_coord;
+	}
+	log_info("READY node=%s data=%s broker=%s prefix=%s", d.cfg.coordinator.node_id,
+		 d.cfg.coordinator.data_dir, d.cfg.mqtt.uri, d.cfg.mqtt.topic_prefix);
+
+	rc = loop_run(d.loop);
+	ret = rc < 0 ? 1 : 0;
+	if (rc < 0)
+		log_error("loop: %s", ec_strerror(rc));
+
+	flush_before_exit(&d);
+	loop_del(d.loop, mqtt_fd(d.mqtt));
+	/* Messages taken but not committed are abandoned: the broker redelivers. */
+	mqtt_close(d.mqtt, 2000);
+out_coord:
+	coord_free(d.coord);
+out_loop:
+	free(d.cmsgs);
+	loop_close(d.loop);
+out_store:
+	store_close(d.store);
+out_config:
+	config_fini(&d.cfg);
+	log_info("STOPPED");
+	return ret;
+}
