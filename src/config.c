@@ -1143,8 +1143,9 @@ void config_print_reference(FILE *f, bool markdown)
 					k->def ? "`" : "", k->def ? k->def : k->def_doc,
 					k->def ? "`" : "", k->help);
 			else
-				fprintf(f, "    %s = %s  (%s)\n        %s\n", k->key,
-					k->def ? k->def : k->def_doc, type, k->help);
+				fprintf(f, "    %s = %s%s%s  (%s)\n        %s\n", k->key,
+					k->def ? "" : "(", k->def ? k->def : k->def_doc,
+					k->def ? "" : ")", type, k->help);
 		}
 	}
 }

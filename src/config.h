@@ -26,8 +26,7 @@
  * are stored in bytes (fields named *_bytes).
  *
  * Not thread-safe: load and read on one thread, or hand a finished config to
- * other threads read-only. The parse sets no global state of inih's beyond
- * the call.
+ * other threads read-only. The parse changes none of inih's globals.
  */
 #ifndef EC_CONFIG_H
 #define EC_CONFIG_H
