@@ -290,17 +290,6 @@ static int reject(struct coord *c, struct store_txn *t, const struct prep *p, in
 	return rc < 0 ? rc : put_answer(t, p->m, buf, len, p->enc);
 }
 
-struct republish {
-	struct coord *c;
-	struct store_txn *t;
-};
-
-static int republish_one(const struct task_rec *r, void *arg)
-{
-	struct republish *rp = arg;
-	return status_row(rp->c, rp->t, r);
-}
-
 /* A duplicate without a Response Topic: publish the current status again. */
 static int republish(struct coord *c, struct store_txn *t, const struct submission *sub)
 {

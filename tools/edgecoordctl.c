@@ -13,6 +13,8 @@
  * daemon's messages take.
  */
 #include <errno.h>
+#include <poll.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,8 @@
 #include "cbw.h"
 #include "codec.h"
 #include "edgecoord/err.h"
+#include "loop.h"
+#include "mqtt.h"
 #include "store.h"
 
 struct ctl {
@@ -111,7 +115,7 @@ static int list_one(const struct task_rec *r, void *arg)
 		return 0;
 	l->n++;
 	if (!l->json) {
-		char ts[32];
+		char ts[48];
 		fmt_time(r->updated_ms, ts, sizeof ts);
 		if (l->dead)
 			printf("%-40s %-24s %3u  %s\n", r->spec.id, ts, r->attempt,
@@ -257,7 +261,7 @@ static void show_text(const struct show *s)
 {
 	const struct task_rec *r = &s->rec;
 	const struct task_spec *t = &r->spec;
-	char ts[32];
+	char ts[48];
 
 	printf("task_id:     %s\n", t->id);
 	printf("state:       %s\n", task_state_name(r->state));
@@ -616,6 +620,130 @@ static int cmd_workflow(struct ctl *c, const char *how, int argc, char **argv)
 	return ret;
 }
 
+
+/* ---- changes: control topics ------------------------------------------------ */
+
+#define CTL_TIMEOUT_MS 10000
+
+/* Wait on the MQTT module's eventfd until cond holds or the deadline passes. */
+static struct mqtt_msg *wait_reply(struct mqtt *m, int64_t until, bool *subscribed,
+				   bool want_reply)
+{
+	struct pollfd pfd = { .fd = mqtt_fd(m), .events = POLLIN };
+	for (int64_t now = loop_now_ms(); now < until; now = loop_now_ms()) {
+		if (poll(&pfd, 1, (int)(until - now)) <= 0)
+			continue;
+		struct mqtt_events ev;
+		mqtt_take_events(m, &ev);
+		if (ev.subacks)
+			*subscribed = true;
+		struct mqtt_msg *msg = mqtt_take_inbound(m);
+		if (msg)
+			return msg;
+		if (!want_reply && *subscribed)
+			return NULL;
+	}
+	return NULL;
+}
+
+static int ctl_control(const char *broker, const char *prefix, bool json, int argc, char **argv)
+{
+	const char *verb = argv[0], *key = NULL, *id = NULL;
+	if (strcmp(verb, "cancel") == 0 || strcmp(verb, "retry") == 0) {
+		if (argc == 2 && argv[1][0] != '-') {
+			key = "task_id";
+			id = argv[1];
+		} else if (argc == 3 && strcmp(argv[1], "--workflow") == 0) {
+			key = "workflow";
+			id = argv[2];
+		}
+	} else if ((strcmp(verb, "drain") == 0 || strcmp(verb, "undrain") == 0) && argc == 2) {
+		key = "agent";
+		id = argv[1];
+	} else {
+		fprintf(stderr, "edgecoordctl: unknown command '%s'\n", verb);
+		usage(stderr);
+		return 2;
+	}
+	if (!key) {
+		fprintf(stderr, "edgecoordctl: usage: %s ID | %s --workflow ID\n", verb, verb);
+		return 2;
+	}
+
+	char client[64], reply[256], topic[256], corr[32], payload[512];
+	snprintf(client, sizeof client, "edgecoordctl-%d-%lld", (int)getpid(),
+		 (long long)(loop_realtime_ms() % 1000000));
+	snprintf(reply, sizeof reply, "%s/ctl/reply/%s", prefix, client);
+	snprintf(topic, sizeof topic, "%s/control/%s", prefix, verb);
+	snprintf(corr, sizeof corr, "%lld", (long long)loop_realtime_ms());
+	struct cbw w;
+	cbw_init(&w);
+	cbw_map(&w, 1);
+	cbw_text(&w, key);
+	cbw_text(&w, id);
+	char *body;
+	size_t body_len;
+	if (cbw_finish(&w) < 0 || codec_cbor_to_json(w.buf, w.len, &body, &body_len) < 0) {
+		cbw_fini(&w);
+		return fail(-ENOMEM, "building the request");
+	}
+	cbw_fini(&w);
+	snprintf(payload, sizeof payload, "%s", body);
+	free(body);
+
+	const char *subs[] = { reply };
+	struct mqtt_opts o = { .uri = broker, .client_id = client, .subs = subs, .n_subs = 1,
+			       .session_expiry_s = 1, .reconnect_max_s = 2 };
+	struct mqtt *m;
+	int rc = mqtt_open(&o, &m);
+	if (rc < 0)
+		return fail(rc, broker);
+	int64_t until = loop_now_ms() + CTL_TIMEOUT_MS;
+	bool subscribed = false;
+	int ret = 1;
+	wait_reply(m, until, &subscribed, false);
+	if (!subscribed) {
+		fprintf(stderr, "edgecoordctl: no connection to %s\n", broker);
+		goto out;
+	}
+	struct mqtt_pub p = { .topic = topic, .payload = payload, .len = strlen(payload),
+			      .content_type = "application/json", .response_topic = reply,
+			      .correlation = corr, .correlation_len = strlen(corr) };
+	rc = mqtt_publish(m, &p);
+	if (rc < 0) {
+		fail(rc, "publishing");
+		goto out;
+	}
+	struct mqtt_msg *msg = wait_reply(m, until, &subscribed, true);
+	if (!msg) {
+		fprintf(stderr, "edgecoordctl: no answer from the coordinator on %s within %d s\n",
+			broker, CTL_TIMEOUT_MS / 1000);
+		goto out;
+	}
+	struct mqtt_msg *next = msg->next;
+	static const uint8_t cbor_true = 0xf5;
+	uint8_t *ans;
+	size_t ans_len;
+	bool ok = false;
+	if (codec_json_to_cbor((const char *)msg->payload, msg->len, 8, &ans, &ans_len) == 0) {
+		ok = codec_cbor_field_equals(ans, ans_len, "ok", &cbor_true, 1);
+		free(ans);
+	}
+	if (json || !ok)
+		printf("%.*s\n", (int)msg->len, (const char *)msg->payload);
+	else
+		printf("%s %s %s: ok\n", verb, key, id);
+	mqtt_inbound_done(m, msg, true);
+	for (msg = next; msg; msg = next) {
+		next = msg->next;
+		mqtt_inbound_done(m, msg, true);
+	}
+	ret = ok ? 0 : 1;
+out:
+	mqtt_close(m, 1000);
+	return ret;
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 static bool is_query(const char *cmd)
@@ -626,8 +754,6 @@ static bool is_query(const char *cmd)
 			return true;
 	return false;
 }
-
-int ctl_control(const char *broker, const char *prefix, bool json, int argc, char **argv);
 
 int main(int argc, char **argv)
 {
