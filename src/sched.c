@@ -137,7 +137,7 @@ int64_t sched_backoff_ms(const struct retry_policy *p, uint32_t k, struct sched_
 			delay = 0;
 		else if (init >= max)
 			delay = max;
-		else if (e >= 62 || init > (max >> e))
+		else if (e >= 63 || init > (max >> e))
 			delay = max;
 		else if ((init << e) >= max)
 			delay = max;
@@ -1091,7 +1091,8 @@ static uint32_t route(struct sched *s, struct stype *t, uint32_t ne)
 		return best;
 	case SCHED_PERFORMANCE: {
 		/* An agent without figures is scored with the best latency seen
-		 * among the others, so a newcomer is tried soon. */
+		 * among the others and wins ties by having fewer samples, so a
+		 * newcomer is tried at once. */
 		double lat_default = 0;
 		for (uint32_t i = 0; i < ne; i++) {
 			const struct scap *c = &s->agent[e[i].agent]->caps[e[i].cap];
@@ -1102,7 +1103,9 @@ static uint32_t route(struct sched *s, struct stype *t, uint32_t ne)
 		for (uint32_t i = 0; i < ne; i++) {
 			const struct sagent *a = s->agent[e[i].agent];
 			double sc = perf_score(&a->caps[e[i].cap], lat_default);
-			if (sc > bs || (sc == bs && less_loaded(s, a, s->agent[e[best].agent]))) {
+			const struct sagent *b = s->agent[e[best].agent];
+			uint64_t na = a->caps[e[i].cap].samples, nb = b->caps[e[best].cap].samples;
+			if (sc > bs || (sc == bs && (na < nb || (na == nb && less_loaded(s, a, b))))) {
 				bs = sc;
 				best = i;
 			}
