@@ -622,15 +622,17 @@ static void test_least_loaded(void **state)
 	up(s, "c", "t", 10, NULL);
 	up(s, "d", "t", 20, NULL);
 	char id[16];
-	for (int i = 0; i < 50; i++) {
+	for (int i = 0; i < 60; i++) {
 		snprintf(id, sizeof id, "t%d", i);
 		add(s, id, "t", 5, i);
 	}
 	struct sched_decision d[64];
 	/* 5 picks: one each to a, b, c (name order on ties), two fill the
 	 * double-sized d as fast as the others in proportion */
-	int n = pick(s, 100, d, 50);
-	assert_int_equal(n, 50);
+	int n = pick(s, 100, d, 64);
+	assert_int_equal(n, 50); /* 50 slots: never more */
+	assert_int_equal(pick(s, 101, d, 64), 0);
+	assert_int_equal(sched_ready_count(s), 10);
 	int cnt[4] = { 0 };
 	for (int i = 0; i < n; i++)
 		cnt[d[i].agent[0] - 'a']++;
