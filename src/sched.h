@@ -237,7 +237,11 @@ struct sched_decision {
  * per decision O(active types * 20 + eligible agents), plus the bounded scans
  * above. Call it once per loop turn with max = the free slots you can use.
  *
- * Returns the number of decisions written to out[0..], or -EINVAL.
+ * Tasks pinned to an agent that lacks their type never become eligible;
+ * they wait until that agent advertises the type, or their deadline.
+ *
+ * Returns the number of decisions written to out[0..], -EINVAL, or -ENOMEM
+ * (then nothing was decided).
  */
 int sched_pick(struct sched *s, int64_t now_ms, struct sched_decision *out, size_t max);
 
