@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <mbedtls/ctr_drbg.h>
@@ -98,6 +99,9 @@ struct ev {
 	size_t nleases;
 	uint64_t leases[4];
 	bool ok;
+	uint8_t result[256];
+	size_t result_len;
+	char text[128];
 };
 
 static struct {
@@ -107,6 +111,7 @@ static struct {
 	struct ev evs[4096];
 	size_t nevs;
 	bool auto_ack;
+	bool realtime;       /* for a separate agent process: the real clock */
 } T;
 
 static int h_watch(void *ctx, int fd, unsigned events)
@@ -151,6 +156,12 @@ static void h_frame(void *ctx, const char *agent, const struct ec_frame *f)
 	struct ev *e = record(agent, 200 + f->type);
 	e->lease = f->lease;
 	e->ok = f->ok;
+	if (f->result && f->result_len <= sizeof(e->result)) {
+		memcpy(e->result, f->result, f->result_len);
+		e->result_len = f->result_len;
+	}
+	if (f->text)
+		snprintf(e->text, sizeof(e->text), "%s", f->text);
 	if (f->type == EC_F_RESULT && T.auto_ack)
 		assert_int_equal(link_send_ack(T.link, agent, f->lease, true), 0);
 }
@@ -207,7 +218,7 @@ static void turn(void)
 			raw_step(raws[i]);
 	if (T.now >= link_next_due(T.link))
 		link_tick(T.link, T.now);
-	T.now += TICK_MS;
+	T.now = T.realtime ? ec_agent_now_ms() : T.now + TICK_MS;
 }
 
 /* Turn until cond() or max_ticks; returns the ticks used. */
@@ -871,6 +882,111 @@ static void test_slow_reader_cut_off(void **state)
 	stop_link();
 }
 
+static struct ev *result_of(uint64_t lease)
+{
+	for (size_t i = 0; i < T.nevs; i++)
+		if (T.evs[i].kind == 200 + EC_F_RESULT && T.evs[i].lease == lease)
+			return &T.evs[i];
+	return NULL;
+}
+
+static bool contains(const struct ev *e, const char *needle)
+{
+	return memmem(e->result, e->result_len, needle, strlen(needle)) != NULL;
+}
+
+static void work(uint64_t lease, const char *type, const uint8_t *payload, size_t plen,
+		 uint32_t attempt, uint64_t timeout_ms)
+{
+	struct ec_frame w;
+	ec_frame_init(&w, EC_F_WORK);
+	w.task_id = "t-ref";
+	w.attempt = attempt;
+	w.lease = lease;
+	w.task_type = (char *)type;
+	w.payload = (uint8_t *)payload;
+	w.payload_len = plen;
+	w.timeout_ms = timeout_ms;
+	assert_int_equal(link_send_work(T.link, "agent-2", &w), 0);
+}
+
+static bool ref_up(void *arg) { return count("agent-2", 100) > 0; }
+
+/* The reference agent program against the link: built-in types, --exec,
+ * timeout, cancel, SIGTERM -> bye and exit 0. */
+static void test_reference_agent(void **state)
+{
+	const char *bin = getenv("EC_BIN");
+	if (!bin)
+		skip();
+	start_link(0);
+	T.realtime = true;
+	T.now = ec_agent_now_ms();
+	char exe[256], coord[32];
+	snprintf(exe, sizeof(exe), "%s/edgecoord-agent", bin);
+	snprintf(coord, sizeof(coord), "127.0.0.1:%d", link_port(T.link));
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		execl(exe, exe, "--coordinator", coord, "--server-name", "localhost", "--id",
+		      "agent-2", "--ca", path("ca.crt"), "--cert", path("agent-2.crt"), "--key",
+		      path("agent-2.key"), "--caps", "echo,sleep,fail,sha256", "--slots", "8",
+		      "--labels", "zone=a,hw=b", "--exec", "cat=cat", "--exec",
+		      "bad=echo oops >&2; exit 3", "--exec", "slow=sleep 30", (char *)NULL);
+		_exit(127);
+	}
+	assert_true(run_until(ref_up, NULL, 5000) >= 0);
+	static const uint8_t n42[] = {0xa1, 0x61, 'n', 0x18, 42};
+	static const uint8_t abc[] = {0xa1, 0x64, 'd', 'a', 't', 'a', 0x63, 'a', 'b', 'c'};
+	static const uint8_t ms50[] = {0xa1, 0x62, 'm', 's', 0x18, 50};
+	static const uint8_t f1[] = {0xa1, 0x6d, 'f', 'a', 'i', 'l', '_', 'a', 't', 't', 'e',
+				     'm', 'p', 't', 's', 0x01};
+	work(1, "echo", n42, sizeof(n42), 1, 0);
+	work(2, "sha256", abc, sizeof(abc), 1, 0);
+	work(3, "sleep", ms50, sizeof(ms50), 1, 0);
+	work(4, "fail", f1, sizeof(f1), 1, 0);
+	work(5, "fail", f1, sizeof(f1), 2, 0);
+	work(6, "cat", n42, sizeof(n42), 3, 0);
+	work(7, "bad", NULL, 0, 1, 0);
+	work(8, "slow", NULL, 0, 1, 200);
+	work(9, "slow", NULL, 0, 1, 0);
+	for (uint64_t l = 1; l <= 8; l++)
+		assert_true(run_until(has_result, &l, 5000) >= 0);
+	struct ev *e = result_of(1);
+	assert_true(e->ok && contains(e, "payload") && contains(e, "inputs"));
+	e = result_of(2);
+	assert_true(e->ok && contains(e, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+	e = result_of(3);
+	assert_true(e->ok && contains(e, "slept_ms"));
+	e = result_of(4);
+	assert_false(e->ok);
+	assert_string_equal(e->text, "requested failure");
+	e = result_of(5);
+	assert_true(e->ok && contains(e, "attempt"));
+	e = result_of(6);  /* cat echoes its stdin JSON back: now a map */
+	assert_true(e->ok && contains(e, "task_id") && contains(e, "t-ref") && contains(e, "payload"));
+	e = result_of(7);
+	assert_false(e->ok);
+	assert_string_equal(e->text, "oops");
+	e = result_of(8);
+	assert_false(e->ok);
+	assert_string_equal(e->text, "timeout");
+	assert_int_equal(link_send_cancel(T.link, "agent-2", 9, "test"), 0);
+	uint64_t l9 = 9;
+	assert_true(run_until(has_result, &l9, 5000) >= 0);
+	assert_string_equal(result_of(9)->text, "cancelled");
+	/* SIGTERM: a bye, then exit status 0 */
+	kill(pid, SIGTERM);
+	int st = -1;
+	for (int i = 0; i < 5000 && waitpid(pid, &st, WNOHANG) == 0; i++)
+		turn();
+	for (int i = 0; i < 50; i++)
+		turn();
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_int_equal(count("agent-2", 200 + EC_F_BYE), 1);
+	stop_link();
+}
+
 static void test_memory_per_session(void **state)
 {
 	enum { N = 50 };
@@ -908,6 +1024,7 @@ int main(void)
 		cmocka_unit_test(test_malformed_frames),
 		cmocka_unit_test(test_reconnect_lists_leases),
 		cmocka_unit_test(test_slow_reader_cut_off),
+		cmocka_unit_test(test_reference_agent),
 		cmocka_unit_test(test_memory_per_session),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
