@@ -76,13 +76,13 @@ static const char gen_sh[] =
 	"openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -in agent-e.csr -out agent-e.crt \\\n"
 	"  -startdate 20200101000000Z -enddate 20200102000000Z -notext 2>/dev/null\n";
 
-static char dir[64];
-static char logpath[128];
+static char dir[256];
+static char logpath[300];
 static int saved_stderr = -1;
 
 static const char *path(const char *name)
 {
-	static char buf[8][192];
+	static char buf[8][320];
 	static int i;
 	i = (i + 1) % 8;
 	snprintf(buf[i], sizeof(buf[i]), "%s/%s", dir, name);
@@ -454,14 +454,15 @@ static bool raw_closed(void *r) { return ((struct raw *)r)->closed; }
 
 static int setup(void **state)
 {
-	snprintf(dir, sizeof(dir), "/tmp/ec-link-XXXXXX");
+	const char *tmp = getenv("TMPDIR");
+	snprintf(dir, sizeof(dir), "%s/ec-link-XXXXXX", tmp && *tmp ? tmp : "/tmp");
 	if (!mkdtemp(dir))
 		return -1;
 	FILE *f = fopen(path("gen.sh"), "w");
 	fputs(gen_sh, f);
 	fclose(f);
-	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "bash %s %s", path("gen.sh"), dir);
+	char cmd[700];
+	snprintf(cmd, sizeof(cmd), "bash '%s' '%s'", path("gen.sh"), dir);
 	if (system(cmd) != 0) {
 		fprintf(stderr, "certificate generation with openssl failed\n");
 		return -1;
@@ -494,8 +495,8 @@ static int teardown(void **state)
 		dup2(saved_stderr, 2);
 		close(saved_stderr);
 	}
-	char cmd[128];
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	char cmd[300];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	return system(cmd) == 0 ? 0 : -1;
 }
 
