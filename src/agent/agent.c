@@ -1,0 +1,921 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * agent.c - the agent library (include/edgecoord/agent.h): mTLS client,
+ * framing with the shared codec, handler registry, jobs and their leases,
+ * heartbeats, reconnect with exponential backoff and jitter.
+ *
+ * One connection at a time, a small state machine driven by ec_agent_step():
+ * IDLE (waiting out the backoff) -> CONNECTING (non-blocking connect) ->
+ * HANDSHAKE -> HELLO (hello sent, waiting for welcome) -> READY. Any error
+ * goes back to IDLE. Jobs live across connections: a reconnect lists their
+ * leases in hello and resends results not yet acknowledged.
+ *
+ * Does not: spawn processes or threads, or interpret payloads (handlers do).
+ * Name resolution (getaddrinfo) is the one blocking call, once per connect.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/error.h>
+#include <mbedtls/net_sockets.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/x509_crt.h>
+
+#include "edgecoord/agent.h"
+#include "edgecoord/err.h"
+
+enum astate { A_IDLE, A_CONNECTING, A_HANDSHAKE, A_HELLO, A_READY, A_STOPPED };
+
+struct handler {
+	char type[EC_TYPE_MAX + 1];
+	ec_handler_fn fn;
+	void *arg;
+};
+
+struct job {
+	uint64_t lease;
+	char *task_id;
+	bool done;
+	uint8_t *frame;       /* the encoded result, kept until acknowledged */
+	size_t frame_len;
+};
+
+struct ec_agent {
+	struct ec_agent_opts o;
+	char *host, *port, *server_name, *id, *ca_file, *cert_file, *key_file;
+	struct ec_label *labels;
+	size_t nlabels;
+	struct handler *handlers;
+	size_t nhandlers;
+	struct job *jobs;
+	size_t njobs;
+
+	mbedtls_entropy_context entropy;
+	mbedtls_ctr_drbg_context drbg;
+	mbedtls_x509_crt ca, cert;
+	mbedtls_pk_context key;
+	mbedtls_ssl_config conf;
+	mbedtls_ssl_context ssl;
+
+	enum astate state;
+	int fd;
+	unsigned events;
+	uint64_t now, next_connect, conn_start, last_rx, next_hb;
+	uint32_t failures;
+	uint32_t hb_ms, hb_misses, max_frame;
+	bool draining;
+
+	uint8_t hdr[EC_FRAME_HDR];
+	size_t hdr_got;
+	uint8_t *body;
+	size_t body_len, body_got;
+	uint8_t *out;
+	size_t out_len, out_off, out_alloc, wpend;
+};
+
+static void alog(struct ec_agent *a, int level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void alog(struct ec_agent *a, int level, const char *fmt, ...)
+{
+	if (!a->o.log)
+		return;
+	char buf[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	a->o.log(a->o.ctx, level, buf);
+}
+
+uint64_t ec_agent_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int bio_send(void *ctx, const unsigned char *buf, size_t len)
+{
+	int fd = *(int *)ctx;
+	ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+	if (n >= 0)
+		return (int)n;
+	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+		return MBEDTLS_ERR_SSL_WANT_WRITE;
+	if (errno == EPIPE || errno == ECONNRESET)
+		return MBEDTLS_ERR_NET_CONN_RESET;
+	return MBEDTLS_ERR_NET_SEND_FAILED;
+}
+
+static int bio_recv(void *ctx, unsigned char *buf, size_t len)
+{
+	int fd = *(int *)ctx;
+	ssize_t n = recv(fd, buf, len, 0);
+	if (n >= 0)
+		return (int)n;
+	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+		return MBEDTLS_ERR_SSL_WANT_READ;
+	if (errno == ECONNRESET)
+		return MBEDTLS_ERR_NET_CONN_RESET;
+	return MBEDTLS_ERR_NET_RECV_FAILED;
+}
+
+/* ---- connection lifecycle ---------------------------------------------- */
+
+static uint32_t rand_u32(struct ec_agent *a)
+{
+	uint32_t r = 0;
+	mbedtls_ctr_drbg_random(&a->drbg, (unsigned char *)&r, sizeof(r));
+	return r;
+}
+
+static void disconnect(struct ec_agent *a, const char *why)
+{
+	if (a->state == A_IDLE)
+		return;  /* already down: one failure, one backoff step */
+	bool was_ready = a->state == A_READY;
+	if (a->fd >= 0) {
+		if (a->state >= A_HELLO)
+			mbedtls_ssl_close_notify(&a->ssl);
+		close(a->fd);
+	}
+	a->fd = -1;
+	a->events = 0;
+	free(a->body);
+	a->body = NULL;
+	a->hdr_got = a->body_len = a->body_got = 0;
+	free(a->out);
+	a->out = NULL;
+	a->out_len = a->out_off = a->out_alloc = a->wpend = 0;
+	if (a->state == A_STOPPED)
+		return;
+	/* exponential backoff with jitter: uniform in [d/2, d] */
+	uint64_t d = a->o.backoff_min_ms;
+	for (uint32_t i = 0; i < a->failures && d < a->o.backoff_max_ms; i++)
+		d *= 2;
+	if (d > a->o.backoff_max_ms)
+		d = a->o.backoff_max_ms;
+	d = d / 2 + rand_u32(a) % (d / 2 + 1);
+	a->failures++;
+	a->next_connect = a->now + d;
+	a->state = A_IDLE;
+	alog(a, EC_AGENT_LOG_WARN, "disconnected: %s; reconnecting in %llu ms", why,
+	     (unsigned long long)d);
+	if (was_ready && a->o.on_state)
+		a->o.on_state(a->o.ctx, a, false, why);
+}
+
+static void start_connect(struct ec_agent *a)
+{
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				 .ai_flags = AI_NUMERICSERV};
+	struct addrinfo *res;
+	a->conn_start = a->now;
+	a->state = A_CONNECTING;
+	int rc = getaddrinfo(a->host, a->port, &hints, &res);
+	if (rc) {
+		alog(a, EC_AGENT_LOG_WARN, "resolve %s: %s", a->host, gai_strerror(rc));
+		disconnect(a, "cannot resolve");
+		return;
+	}
+	/* the first address only: a gateway is usually one */
+	int fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd >= 0) {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (connect(fd, res->ai_addr, res->ai_addrlen) != 0 && errno != EINPROGRESS) {
+			close(fd);
+			fd = -1;
+		}
+	}
+	freeaddrinfo(res);
+	if (fd < 0) {
+		disconnect(a, "connect failed");
+		return;
+	}
+	a->fd = fd;
+	a->state = A_CONNECTING;
+	a->events = EC_AGENT_EV_WRITE;
+	mbedtls_ssl_session_reset(&a->ssl);
+	mbedtls_ssl_set_hostname(&a->ssl, a->server_name);
+	mbedtls_ssl_set_bio(&a->ssl, &a->fd, bio_send, bio_recv, NULL);
+}
+
+/* ---- writing ------------------------------------------------------------- */
+
+static void flush_out(struct ec_agent *a)
+{
+	while (a->out_off < a->out_len) {
+		size_t chunk = a->wpend;
+		if (!chunk) {
+			chunk = a->out_len - a->out_off;
+			int max = mbedtls_ssl_get_max_out_record_payload(&a->ssl);
+			if (max > 0 && chunk > (size_t)max)
+				chunk = (size_t)max;
+		}
+		int rc = mbedtls_ssl_write(&a->ssl, a->out + a->out_off, chunk);
+		if (rc == MBEDTLS_ERR_SSL_WANT_WRITE || rc == MBEDTLS_ERR_SSL_WANT_READ) {
+			a->wpend = chunk;  /* repeat the same write (LIBNOTES 4) */
+			a->events = EC_AGENT_EV_READ | EC_AGENT_EV_WRITE;
+			return;
+		}
+		if (rc < 0) {
+			char e[96];
+			mbedtls_strerror(rc, e, sizeof(e));
+			alog(a, EC_AGENT_LOG_WARN, "write: %s", e);
+			disconnect(a, "write failed");
+			return;
+		}
+		a->wpend = 0;
+		a->out_off += (size_t)rc;
+	}
+	a->out_off = a->out_len = 0;
+	a->events = EC_AGENT_EV_READ;
+}
+
+/* Queue bytes; flushed by the caller or the next step. */
+static int queue(struct ec_agent *a, const uint8_t *p, size_t n)
+{
+	size_t pending = a->out_len - a->out_off;
+	/* generous: the agent only sends what its own jobs produce */
+	if (pending + n > 16 * ((size_t)a->max_frame + EC_FRAME_HDR))
+		return -ENOBUFS;
+	if (a->out_off && !a->wpend) {
+		memmove(a->out, a->out + a->out_off, pending);
+		a->out_len = pending;
+		a->out_off = 0;
+	}
+	if (a->out_len + n > a->out_alloc) {
+		size_t cap = a->out_alloc ? a->out_alloc : 1024;
+		while (cap < a->out_len + n)
+			cap *= 2;
+		uint8_t *b = realloc(a->out, cap);
+		if (!b)
+			return -ENOMEM;
+		a->out = b;
+		a->out_alloc = cap;
+	}
+	memcpy(a->out + a->out_len, p, n);
+	a->out_len += n;
+	return 0;
+}
+
+static int send_frame(struct ec_agent *a, const struct ec_frame *f)
+{
+	uint8_t *buf;
+	size_t len;
+	int rc = ec_frame_encode(f, a->max_frame, &buf, &len);
+	if (rc)
+		return rc;
+	rc = queue(a, buf, len);
+	free(buf);
+	if (rc == 0)
+		flush_out(a);
+	return rc;
+}
+
+static void send_error(struct ec_agent *a, const char *why)
+{
+	struct ec_frame f;
+	ec_frame_init(&f, EC_F_ERROR);
+	f.text = (char *)why;
+	send_frame(a, &f);
+	disconnect(a, why);
+}
+
+/* ---- jobs ----------------------------------------------------------------- */
+
+static struct job *job_find(struct ec_agent *a, uint64_t lease)
+{
+	for (size_t i = 0; i < a->njobs; i++)
+		if (a->jobs[i].lease == lease)
+			return &a->jobs[i];
+	return NULL;
+}
+
+static void job_drop(struct ec_agent *a, struct job *j)
+{
+	free(j->task_id);
+	free(j->frame);
+	*j = a->jobs[--a->njobs];
+}
+
+size_t ec_agent_running(const struct ec_agent *a)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < a->njobs; i++)
+		n += !a->jobs[i].done;
+	return n;
+}
+
+static void send_hello(struct ec_agent *a)
+{
+	struct ec_frame f;
+	ec_frame_init(&f, EC_F_HELLO);
+	f.agent_id = a->id;
+	f.versions[0] = EC_PROTO_VERSION;
+	f.nversions = 1;
+	char *caps[EC_MAX_CAPS];
+	for (size_t i = 0; i < a->nhandlers; i++)
+		caps[i] = a->handlers[i].type;
+	f.caps = caps;
+	f.ncaps = a->nhandlers;
+	f.slots = a->o.slots;
+	f.labels = a->labels;
+	f.nlabels = a->nlabels;
+	uint64_t leases[EC_MAX_LEASES];
+	for (size_t i = 0; i < a->njobs; i++)
+		leases[i] = a->jobs[i].lease;
+	f.leases = leases;
+	f.nleases = a->njobs;
+	int rc = send_frame(a, &f);
+	if (rc) {
+		alog(a, EC_AGENT_LOG_ERROR, "cannot send hello: %s", ec_strerror(rc));
+		disconnect(a, "hello failed");
+	}
+}
+
+static void send_hb(struct ec_agent *a)
+{
+	struct ec_frame f;
+	ec_frame_init(&f, EC_F_HB);
+	uint64_t leases[EC_MAX_LEASES];
+	for (size_t i = 0; i < a->njobs; i++)
+		if (!a->jobs[i].done)
+			leases[f.nleases++] = a->jobs[i].lease;
+	f.leases = leases;
+	send_frame(a, &f);
+}
+
+static void on_work(struct ec_agent *a, struct ec_frame *f)
+{
+	if (job_find(a, f->lease))
+		return;  /* a duplicate: we already run it */
+	const struct handler *h = NULL;
+	for (size_t i = 0; i < a->nhandlers; i++)
+		if (strcmp(a->handlers[i].type, f->task_type) == 0)
+			h = &a->handlers[i];
+	const char *refuse = NULL;
+	if (!h)
+		refuse = "no handler for this type";
+	else if (a->draining)
+		refuse = "agent is draining";
+	else if (ec_agent_running(a) >= a->o.slots || a->njobs >= EC_MAX_LEASES)
+		refuse = "no free slot";
+	struct job *j = &a->jobs[a->njobs];
+	*j = (struct job){.lease = f->lease, .task_id = strdup(f->task_id)};
+	if (!j->task_id)
+		return;
+	a->njobs++;
+	if (refuse) {
+		alog(a, EC_AGENT_LOG_WARN, "refusing task %s: %s", f->task_id, refuse);
+		ec_agent_fail(a, f->lease, refuse);
+		return;
+	}
+	struct ec_job job = {
+		.task_id = f->task_id, .attempt = f->attempt, .lease = f->lease,
+		.type = f->task_type, .payload = f->payload, .payload_len = f->payload_len,
+		.inputs = f->inputs, .inputs_len = f->inputs_len, .timeout_ms = f->timeout_ms,
+	};
+	h->fn(a, &job, h->arg);
+}
+
+static void on_frame(struct ec_agent *a, struct ec_frame *f)
+{
+	a->last_rx = a->now;
+	if (a->state == A_HELLO) {
+		if (f->type == EC_F_ERROR) {
+			alog(a, EC_AGENT_LOG_ERROR, "coordinator refused us: %s", f->text);
+			disconnect(a, "refused by the coordinator");
+			return;
+		}
+		if (f->type != EC_F_WELCOME || f->version != EC_PROTO_VERSION) {
+			send_error(a, "expected welcome with version 1");
+			return;
+		}
+		a->hb_ms = f->heartbeat_ms;
+		a->hb_misses = f->heartbeat_misses ? f->heartbeat_misses : 3;
+		if (f->max_frame)
+			a->max_frame = f->max_frame;
+		a->state = A_READY;
+		a->failures = 0;
+		a->next_hb = a->now + a->hb_ms;
+		alog(a, EC_AGENT_LOG_INFO, "connected: heartbeat %u ms", a->hb_ms);
+		/* results the last connection may have lost */
+		for (size_t i = 0; i < a->njobs && a->state == A_READY; i++)
+			if (a->jobs[i].done && queue(a, a->jobs[i].frame, a->jobs[i].frame_len) == 0)
+				flush_out(a);
+		if (a->state == A_READY && a->o.on_state)
+			a->o.on_state(a->o.ctx, a, true, "welcome");
+		return;
+	}
+	switch (f->type) {
+	case EC_F_WORK:
+		on_work(a, f);
+		break;
+	case EC_F_HB:
+		break;
+	case EC_F_ACK: {
+		struct job *j = job_find(a, f->lease);
+		if (j && j->done)
+			job_drop(a, j);
+		if (a->o.on_ack)
+			a->o.on_ack(a->o.ctx, a, f->lease, f->accepted);
+		break;
+	}
+	case EC_F_CANCEL:
+		if (job_find(a, f->lease) && a->o.on_cancel)
+			a->o.on_cancel(a->o.ctx, a, f->lease, f->text ? f->text : "");
+		break;
+	case EC_F_DRAIN:
+		a->draining = true;
+		if (a->o.on_drain)
+			a->o.on_drain(a->o.ctx, a);
+		break;
+	case EC_F_BYE:
+		disconnect(a, "coordinator said bye");
+		break;
+	case EC_F_ERROR:
+		alog(a, EC_AGENT_LOG_ERROR, "coordinator closes: %s", f->text);
+		disconnect(a, "error from the coordinator");
+		break;
+	default:
+		send_error(a, "unexpected frame type from a coordinator");
+		break;
+	}
+}
+
+/* ---- reading ---------------------------------------------------------------- */
+
+static void do_read(struct ec_agent *a)
+{
+	while (a->state == A_HELLO || a->state == A_READY) {
+		int rc;
+		if (a->hdr_got < EC_FRAME_HDR)
+			rc = mbedtls_ssl_read(&a->ssl, a->hdr + a->hdr_got, EC_FRAME_HDR - a->hdr_got);
+		else
+			rc = mbedtls_ssl_read(&a->ssl, a->body + a->body_got, a->body_len - a->body_got);
+		if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+			return;
+		if (rc <= 0) {
+			disconnect(a, rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY
+				   ? "closed by the coordinator" : "read failed");
+			return;
+		}
+		if (a->hdr_got < EC_FRAME_HDR) {
+			a->hdr_got += (size_t)rc;
+			if (a->hdr_got < EC_FRAME_HDR)
+				continue;
+			uint32_t n = ec_frame_hdr_len(a->hdr);
+			uint32_t max = a->max_frame > EC_FRAME_MAX_DEFAULT ? a->max_frame
+				: EC_FRAME_MAX_DEFAULT;
+			if (n == 0 || n > max) {
+				send_error(a, "frame too large");
+				return;
+			}
+			a->body = malloc(n);
+			if (!a->body) {
+				disconnect(a, "out of memory");
+				return;
+			}
+			a->body_len = n;
+			a->body_got = 0;
+			continue;
+		}
+		a->body_got += (size_t)rc;
+		if (a->body_got < a->body_len)
+			continue;
+		struct ec_frame f;
+		const char *why = NULL;
+		rc = ec_frame_decode(a->body, a->body_len, &f, &why);
+		free(a->body);
+		a->body = NULL;
+		a->hdr_got = a->body_len = a->body_got = 0;
+		if (rc) {
+			char msg[128];
+			snprintf(msg, sizeof(msg), "malformed frame: %s", why);
+			alog(a, EC_AGENT_LOG_ERROR, "%s", msg);
+			send_error(a, msg);
+			return;
+		}
+		on_frame(a, &f);
+		ec_frame_fini(&f);
+	}
+}
+
+/* ---- the step ------------------------------------------------------------------ */
+
+int ec_agent_step(struct ec_agent *a, uint64_t now)
+{
+	a->now = now;
+	if (a->state == A_STOPPED)
+		return 0;
+	if (a->state == A_IDLE) {
+		if (now < a->next_connect)
+			return 0;
+		start_connect(a);
+		if (a->state != A_CONNECTING)
+			return 0;
+	}
+	if (a->state != A_READY && now - a->conn_start >= a->o.connect_timeout_ms) {
+		disconnect(a, "connect timeout");
+		return 0;
+	}
+	if (a->state == A_CONNECTING) {
+		struct pollfd p = {.fd = a->fd, .events = POLLOUT};
+		if (poll(&p, 1, 0) <= 0)
+			return 0;
+		int err = 0;
+		socklen_t el = sizeof(err);
+		getsockopt(a->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+		if (err) {
+			alog(a, EC_AGENT_LOG_WARN, "connect to %s:%s: %s", a->host, a->port,
+			     strerror(err));
+			disconnect(a, "connect failed");
+			return 0;
+		}
+		a->state = A_HANDSHAKE;
+	}
+	if (a->state == A_HANDSHAKE) {
+		int rc = mbedtls_ssl_handshake(&a->ssl);
+		if (rc == MBEDTLS_ERR_SSL_WANT_READ) {
+			a->events = EC_AGENT_EV_READ;
+			return 0;
+		}
+		if (rc == MBEDTLS_ERR_SSL_WANT_WRITE) {
+			a->events = EC_AGENT_EV_READ | EC_AGENT_EV_WRITE;
+			return 0;
+		}
+		if (rc) {
+			char e[96];
+			mbedtls_strerror(rc, e, sizeof(e));
+			uint32_t flags = mbedtls_ssl_get_verify_result(&a->ssl);
+			alog(a, EC_AGENT_LOG_WARN, "TLS handshake: %s (verify flags 0x%x)", e,
+			     (unsigned)flags);
+			disconnect(a, "TLS handshake failed");
+			return 0;
+		}
+		a->state = A_HELLO;
+		a->last_rx = now;
+		a->events = EC_AGENT_EV_READ;
+		send_hello(a);
+	}
+	if (a->state == A_HELLO || a->state == A_READY) {
+		if (a->out_len > a->out_off)
+			flush_out(a);
+		do_read(a);
+	}
+	if (a->state == A_READY) {
+		if (now - a->last_rx >= (uint64_t)a->hb_ms * (a->hb_misses + 1)) {
+			disconnect(a, "coordinator silent");
+			return 0;
+		}
+		if (now >= a->next_hb) {
+			a->next_hb = now + a->hb_ms;
+			send_hb(a);
+		}
+	}
+	return 0;
+}
+
+uint64_t ec_agent_next_due(const struct ec_agent *a)
+{
+	switch (a->state) {
+	case A_IDLE:
+		return a->next_connect;
+	case A_READY: {
+		uint64_t dead = a->last_rx + (uint64_t)a->hb_ms * (a->hb_misses + 1);
+		return a->next_hb < dead ? a->next_hb : dead;
+	}
+	case A_STOPPED:
+		return UINT64_MAX;
+	default:
+		return a->conn_start + a->o.connect_timeout_ms;
+	}
+}
+
+int ec_agent_fd(const struct ec_agent *a)
+{
+	return a->fd >= 0 ? a->fd : -1;
+}
+
+unsigned ec_agent_events(const struct ec_agent *a)
+{
+	return a->fd >= 0 ? a->events : 0;
+}
+
+bool ec_agent_connected(const struct ec_agent *a)
+{
+	return a->state == A_READY;
+}
+
+int ec_agent_poll(struct ec_agent *a, int timeout_ms)
+{
+	uint64_t now = ec_agent_now_ms(), due = ec_agent_next_due(a);
+	if (due <= now)
+		timeout_ms = 0;
+	else if (timeout_ms < 0 || due - now < (uint64_t)timeout_ms)
+		timeout_ms = due - now > 60000 ? 60000 : (int)(due - now);
+	struct pollfd p = {.fd = ec_agent_fd(a), .events = 0};
+	unsigned ev = ec_agent_events(a);
+	if (ev & EC_AGENT_EV_READ)
+		p.events |= POLLIN;
+	if (ev & EC_AGENT_EV_WRITE)
+		p.events |= POLLOUT;
+	if (poll(&p, 1, timeout_ms) < 0 && errno != EINTR)
+		return -errno;
+	return ec_agent_step(a, ec_agent_now_ms());
+}
+
+/* ---- reporting -------------------------------------------------------------------- */
+
+int ec_agent_started(struct ec_agent *a, uint64_t lease)
+{
+	struct job *j = job_find(a, lease);
+	if (!j || j->done)
+		return EC_ENOTFOUND;
+	if (a->state != A_READY)
+		return 0;  /* progress is best effort */
+	struct ec_frame f;
+	ec_frame_init(&f, EC_F_STARTED);
+	f.lease = lease;
+	return send_frame(a, &f);
+}
+
+int ec_agent_progress(struct ec_agent *a, uint64_t lease, int percent, const char *msg)
+{
+	struct job *j = job_find(a, lease);
+	if (!j || j->done)
+		return EC_ENOTFOUND;
+	if (a->state != A_READY)
+		return 0;
+	struct ec_frame f;
+	ec_frame_init(&f, EC_F_PROGRESS);
+	f.lease = lease;
+	f.percent = percent < 0 ? -1 : percent > 100 ? 100 : percent;
+	f.text = (char *)msg;
+	return send_frame(a, &f);
+}
+
+static int finish(struct ec_agent *a, struct ec_frame *f)
+{
+	struct job *j = job_find(a, f->lease);
+	if (!j || j->done)
+		return EC_ENOTFOUND;
+	f->task_id = j->task_id;
+	int rc = ec_frame_encode(f, a->max_frame, &j->frame, &j->frame_len);
+	if (rc)
+		return rc;
+	j->done = true;
+	if (a->state == A_READY && queue(a, j->frame, j->frame_len) == 0)
+		flush_out(a);
+	return 0;
+}
+
+int ec_agent_result(struct ec_agent *a, uint64_t lease, const uint8_t *result, size_t len)
+{
+	struct ec_frame f;
+	ec_frame_init(&f, EC_F_RESULT);
+	f.lease = lease;
+	f.ok = true;
+	f.result = (uint8_t *)result;
+	f.result_len = result ? len : 0;
+	int rc = finish(a, &f);
+	if (rc == EC_EINVALID_FIELD || rc == EC_ETOO_LARGE) {
+		/* the job must end either way: report why its result could not go */
+		int frc = ec_agent_fail(a, lease, rc == EC_ETOO_LARGE ? "result too large"
+					: "result is not one well-formed CBOR item");
+		return frc ? frc : rc;
+	}
+	return rc;
+}
+
+int ec_agent_fail(struct ec_agent *a, uint64_t lease, const char *error)
+{
+	char text[EC_TEXT_MAX + 1];
+	snprintf(text, sizeof(text), "%s", error && *error ? error : "failed");
+	/* cut at a character boundary, so the text stays valid UTF-8 */
+	size_t n = strlen(text);
+	if (n == EC_TEXT_MAX)
+		while (n > 0 && ((uint8_t)text[n - 1] & 0xc0) == 0x80)
+			text[--n] = '\0';
+	if (n > 0 && ((uint8_t)text[n - 1] & 0x80) && n == EC_TEXT_MAX)
+		text[--n] = '\0';
+	struct ec_frame f;
+	ec_frame_init(&f, EC_F_RESULT);
+	f.lease = lease;
+	f.ok = false;
+	f.text = text;
+	int rc = finish(a, &f);
+	if (rc == EC_EINVALID_FIELD) {
+		f.text = "failed (error text was not valid UTF-8)";
+		rc = finish(a, &f);
+	}
+	return rc;
+}
+
+void ec_agent_stop(struct ec_agent *a, const char *reason)
+{
+	if (a->state == A_READY) {
+		struct ec_frame f;
+		ec_frame_init(&f, EC_F_BYE);
+		f.text = (char *)reason;
+		send_frame(a, &f);
+	}
+	a->state = A_STOPPED;
+	disconnect(a, reason ? reason : "stopped");
+}
+
+/* ---- setup ---------------------------------------------------------------------- */
+
+int ec_agent_handle(struct ec_agent *a, const char *type, ec_handler_fn fn, void *arg)
+{
+	if (!type || !fn || !ec_id_valid(type, strlen(type), EC_TYPE_MAX))
+		return EC_EINVALID_FIELD;
+	for (size_t i = 0; i < a->nhandlers; i++)
+		if (strcmp(a->handlers[i].type, type) == 0) {
+			a->handlers[i].fn = fn;
+			a->handlers[i].arg = arg;
+			return 0;
+		}
+	if (a->nhandlers >= EC_MAX_CAPS)
+		return EC_ETOO_LARGE;
+	struct handler *h = realloc(a->handlers, (a->nhandlers + 1) * sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	a->handlers = h;
+	strcpy(h[a->nhandlers].type, type);
+	h[a->nhandlers].fn = fn;
+	h[a->nhandlers].arg = arg;
+	a->nhandlers++;
+	return 0;
+}
+
+static int split_hostport(struct ec_agent *a, const char *spec)
+{
+	const char *colon = strrchr(spec, ':');
+	if (!colon || colon == spec || !colon[1])
+		return EC_ECONFIG;
+	size_t hl = (size_t)(colon - spec);
+	if (spec[0] == '[' && spec[hl - 1] == ']')
+		a->host = strndup(spec + 1, hl - 2);
+	else
+		a->host = strndup(spec, hl);
+	a->port = strdup(colon + 1);
+	return a->host && a->port ? 0 : -ENOMEM;
+}
+
+int ec_agent_new(const struct ec_agent_opts *o, struct ec_agent **out)
+{
+	if (!o || !o->coordinator || !o->id || !o->ca_file || !o->cert_file || !o->key_file ||
+	    !ec_id_valid(o->id, strlen(o->id), EC_AGENT_ID_MAX) || o->slots > EC_MAX_SLOTS ||
+	    o->nlabels > EC_MAX_LABELS)
+		return EC_ECONFIG;
+	struct ec_agent *a = calloc(1, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	a->o = *o;
+	a->fd = -1;
+	a->state = A_IDLE;
+	a->max_frame = EC_FRAME_MAX_DEFAULT;
+	a->hb_ms = 1000;
+	a->hb_misses = 3;
+	if (!a->o.slots)
+		a->o.slots = 1;
+	if (!a->o.backoff_min_ms)
+		a->o.backoff_min_ms = 250;
+	if (!a->o.backoff_max_ms)
+		a->o.backoff_max_ms = 30000;
+	if (a->o.backoff_max_ms < a->o.backoff_min_ms)
+		a->o.backoff_max_ms = a->o.backoff_min_ms;
+	if (!a->o.connect_timeout_ms)
+		a->o.connect_timeout_ms = 10000;
+	mbedtls_entropy_init(&a->entropy);
+	mbedtls_ctr_drbg_init(&a->drbg);
+	mbedtls_x509_crt_init(&a->ca);
+	mbedtls_x509_crt_init(&a->cert);
+	mbedtls_pk_init(&a->key);
+	mbedtls_ssl_config_init(&a->conf);
+	mbedtls_ssl_init(&a->ssl);
+	int rc = split_hostport(a, o->coordinator);
+	if (rc)
+		goto fail;
+	rc = -ENOMEM;
+	a->server_name = strdup(o->server_name ? o->server_name : a->host);
+	a->id = strdup(o->id);
+	a->ca_file = strdup(o->ca_file);
+	a->cert_file = strdup(o->cert_file);
+	a->key_file = strdup(o->key_file);
+	if (!a->server_name || !a->id || !a->ca_file || !a->cert_file || !a->key_file)
+		goto fail;
+	if (o->nlabels) {
+		a->labels = calloc(o->nlabels, sizeof(*a->labels));
+		if (!a->labels)
+			goto fail;
+		for (size_t i = 0; i < o->nlabels; i++, a->nlabels++) {
+			a->labels[i].key = strdup(o->labels[i].key);
+			a->labels[i].value = strdup(o->labels[i].value);
+			if (!a->labels[i].key || !a->labels[i].value) {
+				a->nlabels++;
+				goto fail;
+			}
+		}
+	}
+	a->jobs = calloc(EC_MAX_LEASES, sizeof(*a->jobs));
+	if (!a->jobs)
+		goto fail;
+
+	static const char pers[] = "edgecoord-agent";
+	char e[128];
+	const char *what = "random generator";
+	rc = mbedtls_ctr_drbg_seed(&a->drbg, mbedtls_entropy_func, &a->entropy,
+				   (const unsigned char *)pers, sizeof(pers) - 1);
+	if (rc == 0 && (rc = mbedtls_x509_crt_parse_file(&a->ca, a->ca_file)) != 0)
+		what = a->ca_file;
+	if (rc == 0 && (rc = mbedtls_x509_crt_parse_file(&a->cert, a->cert_file)) != 0)
+		what = a->cert_file;
+	if (rc == 0 && (rc = mbedtls_pk_parse_keyfile(&a->key, a->key_file, NULL)) != 0)
+		what = a->key_file;
+	if (rc == 0) {
+		what = "TLS configuration";
+		rc = mbedtls_ssl_config_defaults(&a->conf, MBEDTLS_SSL_IS_CLIENT,
+						 MBEDTLS_SSL_TRANSPORT_STREAM,
+						 MBEDTLS_SSL_PRESET_DEFAULT);
+	}
+	if (rc == 0) {
+		mbedtls_ssl_conf_rng(&a->conf, mbedtls_ctr_drbg_random, &a->drbg);
+		mbedtls_ssl_conf_authmode(&a->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
+		mbedtls_ssl_conf_ca_chain(&a->conf, &a->ca, NULL);
+		mbedtls_ssl_conf_min_version(&a->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+					     MBEDTLS_SSL_MINOR_VERSION_3);
+		rc = mbedtls_ssl_conf_own_cert(&a->conf, &a->cert, &a->key);
+		if (rc)
+			what = "certificate and key";
+	}
+	if (rc == 0) {
+		what = "TLS context";
+		rc = mbedtls_ssl_setup(&a->ssl, &a->conf);
+	}
+	if (rc) {
+		mbedtls_strerror(rc, e, sizeof(e));
+		alog(a, EC_AGENT_LOG_ERROR, "%s: %s", what, e);
+		rc = EC_ECONFIG;
+		goto fail;
+	}
+	*out = a;
+	return 0;
+fail:
+	ec_agent_free(a);
+	return rc;
+}
+
+void ec_agent_free(struct ec_agent *a)
+{
+	if (!a)
+		return;
+	a->state = A_STOPPED;
+	if (a->fd >= 0)
+		close(a->fd);
+	free(a->body);
+	free(a->out);
+	for (size_t i = 0; i < a->njobs; i++) {
+		free(a->jobs[i].task_id);
+		free(a->jobs[i].frame);
+	}
+	free(a->jobs);
+	free(a->handlers);
+	for (size_t i = 0; i < a->nlabels; i++) {
+		free(a->labels[i].key);
+		free(a->labels[i].value);
+	}
+	free(a->labels);
+	mbedtls_ssl_free(&a->ssl);
+	mbedtls_ssl_config_free(&a->conf);
+	mbedtls_pk_free(&a->key);
+	mbedtls_x509_crt_free(&a->cert);
+	mbedtls_x509_crt_free(&a->ca);
+	mbedtls_ctr_drbg_free(&a->drbg);
+	mbedtls_entropy_free(&a->entropy);
+	free(a->host);
+	free(a->port);
+	free(a->server_name);
+	free(a->id);
+	free(a->ca_file);
+	free(a->cert_file);
+	free(a->key_file);
+	free(a);
+}
