@@ -35,6 +35,7 @@ struct coord {
 	struct store *st;
 	struct coord_opts o;
 	struct coord_io io;
+	struct coord_hooks hooks;
 	struct coord_msg **in;          /* queued inbound messages */
 	size_t nin, capin;
 	uint64_t *done;                 /* delivered outbox rows to delete */
@@ -165,9 +166,18 @@ int coord_observe(struct store_txn *t, const struct store_event *ev, void *arg)
 				 OUTBOX_RETAIN | OUTBOX_EXPIRE | enc_flag(ev->task->enc));
 		return rc;
 	case STORE_EV_WORKFLOW:
-		return 0; /* coalesced: one row per touched workflow per flush */
+		break; /* coalesced: one row per touched workflow per flush */
 	}
 	return 0;
+}
+
+static int observe(struct store_txn *t, const struct store_event *ev, void *arg)
+{
+	struct coord *c = arg;
+	int rc = coord_observe(t, ev, c);
+	if (rc == 0 && c->hooks.event)
+		rc = c->hooks.event(t, ev, c->hooks.arg);
+	return rc;
 }
 
 static int workflow_rows(struct coord *c, struct store_txn *t)
@@ -367,8 +377,10 @@ static int apply_control(struct coord *c, struct store_txn *t, struct prep *p)
 	else if (strcmp(p->verb, "retry") == 0)
 		rc = p->key == CTRL_KEY_TASK ? store_retry(t, p->id, c->now_ms)
 					     : store_retry_workflow(t, p->id, c->now_ms);
+	else if (c->hooks.control)
+		rc = c->hooks.control(t, p->verb, p->id, c->hooks.arg);
 	else
-		rc = EC_EUNKNOWN_AGENT; /* drain/undrain: no fleet yet */
+		rc = EC_EUNKNOWN_AGENT; /* no agent listener */
 	if (rc < 0 && ec_reject_code(rc)) {
 		err.code = rc;
 		snprintf(err.detail, sizeof err.detail, "%s %s '%s': %s", p->verb, key, p->id,
@@ -407,6 +419,11 @@ static int flush_txn(struct store_txn *t, void *arg)
 			continue;
 		rc = p->kind == P_SUBMIT ? apply_submit(c, t, p)
 		   : p->kind == P_CONTROL ? apply_control(c, t, p) : 0;
+		if (rc < 0)
+			return rc;
+	}
+	if (c->hooks.apply) {
+		rc = c->hooks.apply(t, c->now_ms, c->hooks.arg);
 		if (rc < 0)
 			return rc;
 	}
@@ -477,9 +494,14 @@ int coord_new(struct store *st, const struct coord_opts *o, const struct coord_i
 	c->st = st;
 	c->o = *o;
 	c->io = *io;
-	store_set_observer(st, coord_observe, c);
+	store_set_observer(st, observe, c);
 	*out = c;
 	return 0;
+}
+
+void coord_set_hooks(struct coord *c, const struct coord_hooks *h)
+{
+	c->hooks = *h;
 }
 
 void coord_free(struct coord *c)
@@ -526,7 +548,8 @@ int coord_flush(struct coord *c, int64_t now_ms)
 	int rc = 0;
 
 	c->now_ms = now_ms;
-	if (c->nin == 0 && c->ndone == 0) {
+	bool hook_work = c->hooks.pending && c->hooks.pending(c->hooks.arg);
+	if (c->nin == 0 && c->ndone == 0 && !hook_work) {
 		drain(c);
 		return 0;
 	}
@@ -546,6 +569,8 @@ int coord_flush(struct coord *c, int64_t now_ms)
 		log_warnx("OUTBOX-FULL %llu rows: submissions are not acknowledged until "
 			  "the broker takes them", (unsigned long long)c->outbox_len);
 	rc = store_write(c->st, flush_txn, &f);
+	if (c->hooks.committed)
+		c->hooks.committed(rc, c->hooks.arg);
 	if (rc == 0) {
 		for (size_t i = 0; i < f.n; i++)
 			f.preps[i].m->ack = !(f.preps[i].kind == P_SUBMIT && f.backpressure);

@@ -64,7 +64,29 @@ struct coord_io {
 	void *arg;
 };
 
+/* Another module's share of the turn (the fleet's dispatch, results, timers
+ * and health). All optional. */
+struct coord_hooks {
+	void *arg;
+	/* Whether it has work queued: forces a transaction even without inbound
+	 * messages. */
+	bool (*pending)(void *arg);
+	/* Inside the turn's transaction, after inbound messages were applied. It
+	 * may run again from scratch if the map had to grow, so it must keep its
+	 * in-memory effects for committed(). */
+	int (*apply)(struct store_txn *t, int64_t now_ms, void *arg);
+	/* Every store event, inside the transaction (after coord's own rows). */
+	int (*event)(struct store_txn *t, const struct store_event *ev, void *arg);
+	/* drain/undrain {"agent": ID}: 0, or EC_EUNKNOWN_AGENT. */
+	int (*control)(struct store_txn *t, const char *verb, const char *agent, void *arg);
+	/* After the transaction: rc 0 if it committed. */
+	void (*committed)(int rc, void *arg);
+};
+
 struct coord;
+
+/* Install hooks (copied); call before the first flush. */
+void coord_set_hooks(struct coord *c, const struct coord_hooks *h);
 
 /* *out is new. The store and opts strings are borrowed for coord's life. */
 int coord_new(struct store *st, const struct coord_opts *o, const struct coord_io *io,

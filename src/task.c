@@ -40,13 +40,14 @@ bool task_state_final(enum task_state s)
  * any non-final state may be cancelled; dispatched/running may go back to
  * ready when the agent is lost; dispatched may fail or succeed directly (a
  * result can overtake `started`); failed may be dead or retried; waiting may
- * become ready or skipped; an operator's retry takes dead -> ready and lets a
+ * become ready or skipped, or dead when its deadline passes (ready, retry_wait,
+ * dispatched and running may too); an operator's retry takes dead -> ready and lets a
  * skipped dependent be judged again (skipped -> waiting/ready/skipped).
  */
 #define B(s) (1u << (s))
 static const unsigned legal[TS__COUNT] = {
 	[TS_ACCEPTED] = B(TS_WAITING) | B(TS_READY) | B(TS_SKIPPED) | B(TS_CANCELLED),
-	[TS_WAITING] = B(TS_READY) | B(TS_SKIPPED) | B(TS_CANCELLED),
+	[TS_WAITING] = B(TS_READY) | B(TS_SKIPPED) | B(TS_CANCELLED) | B(TS_DEAD),
 	[TS_READY] = B(TS_DISPATCHED) | B(TS_CANCELLED) | B(TS_DEAD),
 	[TS_DISPATCHED] = B(TS_RUNNING) | B(TS_SUCCEEDED) | B(TS_FAILED) | B(TS_READY) |
 			  B(TS_CANCELLED) | B(TS_DEAD),

@@ -28,7 +28,7 @@ static void test_transition_matrix(void **state)
 	(void)state;
 	static const char *const legal[] = {
 		"accepted>waiting", "accepted>ready", "accepted>skipped", "accepted>cancelled",
-		"waiting>ready", "waiting>skipped", "waiting>cancelled",
+		"waiting>ready", "waiting>skipped", "waiting>cancelled", "waiting>dead",
 		"ready>dispatched", "ready>cancelled", "ready>dead",
 		"dispatched>running", "dispatched>succeeded", "dispatched>failed",
 		"dispatched>ready", "dispatched>cancelled", "dispatched>dead",
