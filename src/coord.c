@@ -408,6 +408,8 @@ static int flush_txn(struct store_txn *t, void *arg)
 	int rc;
 
 	c->ntouched = 0; /* the callback may run again after the map grows */
+	if (c->hooks.begin)
+		c->hooks.begin(c->hooks.arg);
 	for (size_t i = 0; i < c->ndone; i++) {
 		rc = store_outbox_del(t, c->done[i]);
 		if (rc < 0 && rc != EC_ENOTFOUND)

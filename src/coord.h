@@ -71,6 +71,8 @@ struct coord_hooks {
 	/* Whether it has work queued: forces a transaction even without inbound
 	 * messages. */
 	bool (*pending)(void *arg);
+	/* At the start of the turn's transaction (again if it reruns). */
+	void (*begin)(void *arg);
 	/* Inside the turn's transaction, after inbound messages were applied. It
 	 * may run again from scratch if the map had to grow, so it must keep its
 	 * in-memory effects for committed(). */

@@ -20,10 +20,13 @@
 #include "config.h"
 #include "coord.h"
 #include "edgecoord/err.h"
+#include "fleet.h"
+#include "link.h"
 #include "log.h"
 #include "loop.h"
 #include "mqtt.h"
 #include "msg.h"
+#include "sched.h"
 #include "store.h"
 
 #define SHUTDOWN_FLUSH_MS 3000
@@ -34,6 +37,10 @@ struct daemon {
 	struct store *store;
 	struct loop *loop;
 	struct coord *coord;
+	struct sched *sched;
+	struct fleet *fleet;
+	struct link *link;
+	struct link_hooks fleet_hooks;  /* the fleet's session hooks */
 	struct mqtt *mqtt;
 	struct mqtt_msg *pending;       /* taken, waiting for the turn's commit */
 	struct coord_msg *cmsgs;        /* one per pending message */
@@ -265,18 +272,154 @@ static int load_config(struct daemon *d, int argc, char **argv, bool *check_only
 	return rc == 0 ? 0 : -1;
 }
 
-/* Agents' PKI: all three flags/keys, or DATA_DIR/pki/, or none (listener off). */
-static void check_pki(struct daemon *d)
+/* ---- the agent side: scheduler, fleet, link ------------------------------------- */
+
+static int link_watch(void *ctx, int fd, unsigned events);
+static void link_unwatch(void *ctx, int fd);
+
+static void on_link_fd(struct loop *l, int fd, unsigned events, void *arg)
 {
-	if (d->cfg.agents.ca_file)
-		return;
-	char path[4096];
+	struct daemon *d = arg;
+	unsigned ev = (events & (LOOP_READ | LOOP_ERROR) ? LINK_EV_READ : 0) |
+		      (events & LOOP_WRITE ? LINK_EV_WRITE : 0);
+	link_on_event(d->link, fd, ev, (uint64_t)loop_now_ms());
+}
+
+static int link_watch(void *ctx, int fd, unsigned events)
+{
+	struct daemon *d = ctx;
+	unsigned ev = (events & LINK_EV_READ ? LOOP_READ : 0) |
+		      (events & LINK_EV_WRITE ? LOOP_WRITE : 0);
+	int rc = loop_mod(d->loop, fd, ev);
+	return rc == -ENOENT ? loop_add(d->loop, fd, ev, on_link_fd, d) : rc;
+}
+
+static void link_unwatch(void *ctx, int fd)
+{
+	struct daemon *d = ctx;
+	loop_del(d->loop, fd);
+}
+
+/* The link has one context for its hooks: the daemon, which passes the
+ * session events on to the fleet. */
+static void tr_up(void *ctx, const char *agent, const struct ec_frame *hello)
+{
+	struct daemon *d = ctx;
+	d->fleet_hooks.on_up(d->fleet_hooks.ctx, agent, hello);
+}
+
+static void tr_frame(void *ctx, const char *agent, const struct ec_frame *f)
+{
+	struct daemon *d = ctx;
+	d->fleet_hooks.on_frame(d->fleet_hooks.ctx, agent, f);
+}
+
+static void tr_state(void *ctx, const char *agent, enum link_agent_state st, const char *why)
+{
+	struct daemon *d = ctx;
+	d->fleet_hooks.on_state(d->fleet_hooks.ctx, agent, st, why);
+}
+
+static int64_t next_due(void *arg)
+{
+	struct daemon *d = arg;
+	int64_t now = loop_now_ms();
+	int64_t due = fleet_next_due(d->fleet, now, loop_realtime_ms());
+	if (d->link) {
+		int64_t l = (int64_t)link_next_due(d->link);
+		if (l < due)
+			due = l;
+	}
+	return due;
+}
+
+static void on_due(struct loop *l, void *arg)
+{
+	struct daemon *d = arg;
+	if (d->link)
+		link_tick(d->link, (uint64_t)loop_now_ms());
+	/* the fleet's timers run in the before-sleep transaction */
+}
+
+static int start_sched(struct daemon *d)
+{
+	struct sched_opts so;
+	sched_opts_default(&so);
+	so.routing = (enum sched_routing)d->cfg.scheduler.routing;
+	so.aging_ms = d->cfg.scheduler.aging_ms;
+	so.breaker_failures = (uint32_t)d->cfg.scheduler.breaker_failures;
+	so.breaker_cooldown_ms = d->cfg.scheduler.breaker_cooldown_ms;
+	so.seed = (uint64_t)loop_realtime_ms() ^ (uint64_t)getpid();
+	int rc = sched_new(&so, &d->sched);
+	for (size_t i = 0; rc == 0 && i < d->cfg.concurrency.n; i++)
+		rc = sched_set_limit(d->sched, d->cfg.concurrency.v[i].type,
+				     d->cfg.concurrency.v[i].max);
+	if (rc < 0)
+		return rc;
+
+	struct fleet_opts fo = {
+		.prefix = d->cfg.mqtt.topic_prefix,
+		.heartbeat_ms = (uint32_t)d->cfg.agents.heartbeat_ms,
+		.heartbeat_misses = (uint32_t)d->cfg.agents.heartbeat_misses,
+		.max_frame = (uint32_t)d->cfg.agents.max_frame,
+	};
+	sched_defaults_init(&fo.defaults);
+	fo.defaults.retry.max_attempts = (int32_t)d->cfg.scheduler.max_attempts;
+	fo.defaults.retry.backoff = (uint8_t)d->cfg.scheduler.backoff;
+	fo.defaults.retry.jitter = d->cfg.scheduler.jitter;
+	fo.defaults.retry.initial_ms = d->cfg.scheduler.initial_delay_ms;
+	fo.defaults.retry.max_ms = d->cfg.scheduler.max_delay_ms;
+	fo.defaults.task_timeout_ms = d->cfg.scheduler.task_timeout_ms;
+	rc = fleet_new(d->store, d->sched, &fo, &d->fleet);
+	if (rc < 0)
+		return rc;
+	struct coord_hooks h;
+	fleet_coord_hooks(d->fleet, &h);
+	coord_set_hooks(d->coord, &h);
+	return fleet_recover(d->fleet, loop_realtime_ms(), loop_now_ms());
+}
+
+/* Agents' PKI: all three flags/keys, or DATA_DIR/pki/, or none (listener off). */
+static int start_link(struct daemon *d)
+{
+	char ca[4096], cert[4096], key[4096];
 	struct stat st;
-	snprintf(path, sizeof path, "%s/pki/coordinator.crt", d->cfg.coordinator.data_dir);
-	if (stat(path, &st) == 0)
-		return;
-	log_warnx("AGENTS-OFF no --ca/--cert/--key and no %s/pki/: the agent listener is "
-		  "off; ingest works", d->cfg.coordinator.data_dir);
+
+	if (d->cfg.agents.ca_file) {
+		snprintf(ca, sizeof ca, "%s", d->cfg.agents.ca_file);
+		snprintf(cert, sizeof cert, "%s", d->cfg.agents.cert_file);
+		snprintf(key, sizeof key, "%s", d->cfg.agents.key_file);
+	} else {
+		snprintf(ca, sizeof ca, "%s/pki/ca.crt", d->cfg.coordinator.data_dir);
+		snprintf(cert, sizeof cert, "%s/pki/coordinator.crt", d->cfg.coordinator.data_dir);
+		snprintf(key, sizeof key, "%s/pki/coordinator.key", d->cfg.coordinator.data_dir);
+		if (stat(ca, &st) != 0 || stat(cert, &st) != 0 || stat(key, &st) != 0) {
+			log_warnx("AGENTS-OFF no --ca/--cert/--key and no %s/pki/: the agent "
+				  "listener is off; ingest works", d->cfg.coordinator.data_dir);
+			return 0;
+		}
+	}
+	char listen[300];
+	snprintf(listen, sizeof listen, "%s:%u", d->cfg.agents.listen.host,
+		 d->cfg.agents.listen.port);
+	struct link_config lc = {
+		.listen = listen, .ca_file = ca, .cert_file = cert, .key_file = key,
+		.heartbeat_ms = (uint32_t)d->cfg.agents.heartbeat_ms,
+		.heartbeat_misses = (uint32_t)d->cfg.agents.heartbeat_misses,
+		.max_frame = (uint32_t)d->cfg.agents.max_frame,
+		.handshake_timeout_ms = (uint32_t)d->cfg.agents.handshake_timeout_ms,
+	};
+	struct link_hooks hooks = {
+		.ctx = d, .watch = link_watch, .unwatch = link_unwatch,
+		.on_up = tr_up, .on_frame = tr_frame, .on_state = tr_state,
+	};
+	fleet_link_hooks(d->fleet, &d->fleet_hooks);
+	int rc = link_new(&lc, &hooks, &d->link);
+	if (rc < 0)
+		return rc;
+	fleet_attach_link(d->fleet, d->link);
+	log_info("AGENTS listening on %s:%d", d->cfg.agents.listen.host, link_port(d->link));
+	return 0;
 }
 
 static int start_mqtt(struct daemon *d)
@@ -404,11 +547,22 @@ int main(int argc, char **argv)
 	rc = coord_new(d.store, &co, &io, &d.coord);
 	if (rc < 0)
 		goto out_loop;
-	check_pki(&d);
+	rc = start_sched(&d);
+	if (rc < 0) {
+		log_error("RECOVER failed: %s", ec_strerror(rc));
+		goto out_fleet;
+	}
+	rc = start_link(&d);
+	if (rc < 0) {
+		log_error("AGENTS cannot listen on %s:%u: %s", d.cfg.agents.listen.host,
+			  d.cfg.agents.listen.port, ec_strerror(rc));
+		goto out_fleet;
+	}
+	loop_set_due(d.loop, next_due, on_due, &d);
 	rc = start_mqtt(&d);
 	if (rc < 0) {
 		log_error("MQTT %s: %s", d.cfg.mqtt.uri, ec_strerror(rc));
-		goto out_coord;
+		goto out_link;
 	}
 	log_info("READY node=%s data=%s broker=%s prefix=%s", d.cfg.coordinator.node_id,
 		 d.cfg.coordinator.data_dir, d.cfg.mqtt.uri, d.cfg.mqtt.topic_prefix);
@@ -422,7 +576,11 @@ int main(int argc, char **argv)
 	loop_del(d.loop, mqtt_fd(d.mqtt));
 	/* Messages taken but not committed are abandoned: the broker redelivers. */
 	mqtt_close(d.mqtt, 2000);
-out_coord:
+out_link:
+	link_free(d.link);
+out_fleet:
+	fleet_free(d.fleet);
+	sched_free(d.sched);
 	coord_free(d.coord);
 out_loop:
 	free(d.cmsgs);
