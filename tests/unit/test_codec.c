@@ -309,7 +309,7 @@ static void test_cbor_to_json(void **state)
 	expect_c2j("6a0122225c0a1f7f61c3bc", "\"\\u0001\\\"\\\"\\\\\\u000a\\u001f\x7f" "a\xc3\xbc\"");
 	expect_c2j("a2016161820102f5", "{\"1\":\"a\",\"[1,2]\":true}"); /* non-text keys */
 	expect_c2j("a1a1616101f6", "{\"{\\\"a\\\":1}\":null}");
-	expect_c2j("82a0a180818080", "[{},{\"[]\":[[]]}]");
+	expect_c2j("82a0a1808180", "[{},{\"[]\":[[]]}]");
 	expect_c2j("9f9fffbfffff", "[[],{}]");
 }
 
