@@ -83,9 +83,12 @@ static inline uint32_t ctree_next(const struct ctree *t, uint32_t i) { return t-
  * -ENOMEM. Recurses at most the tree's depth (bounded at build). */
 int ctree_encode(const struct ctree *t, uint32_t i, struct cbw *w);
 
-/* codec_json_to_cbor(), except that a duplicate key is CODEC_EDUPKEY. */
+/* codec_json_to_cbor(), except that a duplicate key is CODEC_EDUPKEY and,
+ * when dupkey is not NULL, its text (cut to CODEC_DUPKEY_MAX - 1 bytes) is
+ * written there. */
+#define CODEC_DUPKEY_MAX 64
 int codec_json_canonical(const char *json, size_t len, uint32_t max_depth, uint8_t **out,
-			 size_t *out_len);
+			 size_t *out_len, char *dupkey);
 
 /* True if s[0..n) is well-formed UTF-8 (no overlongs, no surrogates). */
 bool codec_utf8_valid(const uint8_t *s, size_t n);

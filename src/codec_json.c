@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -96,9 +97,9 @@ static int jkey_cmp(const void *a, const void *b)
 	return (x->kn > y->kn) - (x->kn < y->kn);
 }
 
-static int conv(const cJSON *j, struct cbw *w);
+static int conv(const cJSON *j, struct cbw *w, char *dupkey);
 
-static int conv_object(const cJSON *j, struct cbw *w)
+static int conv_object(const cJSON *j, struct cbw *w, char *dupkey)
 {
 	size_t n = 0;
 	for (const cJSON *c = j->child; c; c = c->next)
@@ -131,11 +132,13 @@ static int conv_object(const cJSON *j, struct cbw *w)
 	qsort(ks, n, sizeof *ks, jkey_cmp);
 	for (i = 0; i < n; i++) {
 		if (i > 0 && jkey_cmp(&ks[i - 1], &ks[i]) == 0) {
+			if (dupkey)
+				snprintf(dupkey, CODEC_DUPKEY_MAX, "%s", ks[i].v->string);
 			rc = CODEC_EDUPKEY;
 			goto out;
 		}
 		cbw_raw(w, ks[i].k, ks[i].kn);
-		if ((rc = conv(ks[i].v, w)) < 0)
+		if ((rc = conv(ks[i].v, w, dupkey)) < 0)
 			goto out;
 	}
 out:
@@ -146,7 +149,7 @@ out:
 }
 
 /* Recursion depth is the text's nesting depth, checked by prescan(). */
-static int conv(const cJSON *j, struct cbw *w)
+static int conv(const cJSON *j, struct cbw *w, char *dupkey)
 {
 	if (cJSON_IsFalse(j)) {
 		cbw_bool(w, false);
@@ -173,21 +176,20 @@ static int conv(const cJSON *j, struct cbw *w)
 			n++;
 		cbw_array(w, n);
 		for (const cJSON *c = j->child; c; c = c->next) {
-			int rc = conv(c, w);
+			int rc = conv(c, w, dupkey);
 			if (rc < 0)
 				return rc;
 		}
 	} else if (cJSON_IsObject(j)) {
-		return conv_object(j, w);
+		return conv_object(j, w, dupkey);
 	} else {
 		return EC_EMALFORMED;
 	}
 	return cbw_finish(w);
 }
 
-/* As codec_json_to_cbor, but a duplicate key is CODEC_EDUPKEY. */
 int codec_json_canonical(const char *json, size_t len, uint32_t max_depth, uint8_t **out,
-			 size_t *out_len)
+			 size_t *out_len, char *dupkey)
 {
 	if (!json)
 		return EC_EMALFORMED;
@@ -214,7 +216,7 @@ int codec_json_canonical(const char *json, size_t len, uint32_t max_depth, uint8
 	}
 	struct cbw w;
 	cbw_init(&w);
-	rc = conv(root, &w);
+	rc = conv(root, &w, dupkey);
 	if (rc == 0) {
 		size_t n;
 		uint8_t *p = cbw_take(&w, &n);
@@ -230,6 +232,6 @@ int codec_json_canonical(const char *json, size_t len, uint32_t max_depth, uint8
 int codec_json_to_cbor(const char *json, size_t len, uint32_t max_depth, uint8_t **out,
 		       size_t *out_len)
 {
-	int rc = codec_json_canonical(json, len, max_depth, out, out_len);
+	int rc = codec_json_canonical(json, len, max_depth, out, out_len, NULL);
 	return rc == CODEC_EDUPKEY ? EC_EMALFORMED : rc;
 }
