@@ -986,7 +986,8 @@ static int walk_submission(struct walk *w, uint32_t root, struct submission *sub
 		sub->ntasks = 1;
 		if (rc == 0)
 			memcpy(sub->id, p.ts.id, strlen(p.ts.id) + 1);
-		return rc;
+		/* only a task that names itself can form a cycle here */
+		return rc < 0 ? rc : check_graph(w, sub->tasks, 1);
 	}
 	sub->kind = SUB_WORKFLOW;
 	struct parsed wfp = { 0 };
