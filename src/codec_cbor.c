@@ -684,7 +684,11 @@ static void json_double(struct cbw *w, double d)
 static int json_item(const struct ctree *t, uint32_t root, struct cbw *w);
 
 /* A map key as JSON text: text as is, anything else as the JSON text of
- * its value (so 1 becomes "1"). */
+ * its value (so 1 becomes "1"). Escaping a key that holds a key that holds
+ * a key... doubles its quotes at every level, so a key's JSON text is
+ * capped: without the cap 40 bytes of CBOR asked for gigabytes. */
+#define JSON_KEY_MAX 4096
+
 static int json_key(const struct ctree *t, uint32_t k, struct cbw *w)
 {
 	k = ctree_untag(t, k);
@@ -695,6 +699,8 @@ static int json_key(const struct ctree *t, uint32_t k, struct cbw *w)
 	struct cbw kw;
 	cbw_init(&kw);
 	int rc = json_item(t, k, &kw);
+	if (rc == 0 && kw.len > JSON_KEY_MAX)
+		rc = EC_EMALFORMED;
 	if (rc == 0)
 		json_escape(w, kw.buf, kw.len);
 	cbw_fini(&kw);

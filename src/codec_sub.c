@@ -246,6 +246,18 @@ static int canonical(struct walk *w, uint32_t i, const char *what, uint8_t **out
 		return fail(w, EC_ETOO_LARGE, "%s: %zu bytes encoded, over the limit of %zu", what,
 			    n, w->lim->max_payload_bytes);
 	}
+	/* whatever is stored must be publishable to a JSON submitter later:
+	 * only a non-text map key whose JSON text is huge is not */
+	char *json = NULL;
+	size_t jn;
+	rc = codec_cbor_to_json(cw.buf, cw.len, &json, &jn);
+	free(json);
+	if (rc < 0) {
+		cbw_fini(&cw);
+		if (rc == -ENOMEM)
+			return fail(w, rc, "out of memory");
+		return fail(w, EC_EINVALID_FIELD, "%s: a map key too large to show as JSON", what);
+	}
 	*out = cbw_take(&cw, len);
 	return 0;
 }

@@ -313,6 +313,38 @@ static void test_cbor_to_json(void **state)
 	expect_c2j("9f9fffbfffff", "[[],{}]");
 }
 
+/* Keys that are maps whose keys are maps...: every level doubles the
+ * escaping of the quotes inside. Thirty levels of that (a few dozen bytes)
+ * are refused rather than grown to gigabytes; two levels convert. */
+static void test_cbor_to_json_key_blowup(void **state)
+{
+	(void)state;
+	uint8_t buf[256];
+	size_t n = 0;
+	buf[n++] = 0xa1, buf[n++] = 0x61, buf[n++] = 'a', buf[n++] = 0x01;
+	for (int level = 0; level < 30; level++) {
+		memmove(buf + 1, buf, n);
+		buf[0] = 0xa1;
+		buf[++n] = 0xf6;
+		n++;
+		char *js = NULL;
+		size_t jn = 0;
+		int rc = codec_cbor_to_json(buf, n, &js, &jn);
+		if (level < 2) {
+			assert_int_equal(rc, 0);
+			if (level == 1)
+				assert_string_equal(js, "{\"{\\\"{\\\\\\\"a\\\\\\\":1}\\\":null}\":null}");
+			free(js);
+		} else if (level == 29) {
+			assert_int_equal(rc, EC_EMALFORMED);
+			assert_null(js);
+		} else {
+			free(js);
+		}
+	}
+	assert_int_equal(codec_cbor_check(buf, n, 32), 0);
+}
+
 static void roundtrip(const char *json)
 {
 	uint8_t *c1 = NULL, *c2 = NULL;
@@ -1182,6 +1214,7 @@ int main(void)
 		cmocka_unit_test(test_json_to_cbor),
 		cmocka_unit_test(test_json_deep),
 		cmocka_unit_test(test_cbor_to_json),
+		cmocka_unit_test(test_cbor_to_json_key_blowup),
 		cmocka_unit_test(test_roundtrip),
 		cmocka_unit_test(test_field_equals),
 		cmocka_unit_test_setup(test_sub_task, setup),
