@@ -242,8 +242,17 @@ int ctree_build(struct ctree *t, const uint8_t *buf, size_t len, uint32_t max_de
 		if (pos >= len)
 			FAIL(EC_EMALFORMED, len ? "truncated" : "empty");
 		struct ev ev = { .kind = EV_NONE };
-		struct cbor_decoder_result r =
-			cbor_stream_decode(buf + pos, len - pos, &callbacks, &ev);
+		struct cbor_decoder_result r;
+		if (buf[pos] >= 0xc6 && buf[pos] <= 0xd4) {
+			/* libcbor 0.8 refuses tags 6..20 in their one-byte form
+			 * (though not in longer ones), and that form is the
+			 * canonical one we write: decode it ourselves */
+			ev.kind = EV_TAG;
+			ev.u = buf[pos] - 0xc0u;
+			r = (struct cbor_decoder_result){ .read = 1, .status = CBOR_DECODER_FINISHED };
+		} else {
+			r = cbor_stream_decode(buf + pos, len - pos, &callbacks, &ev);
+		}
 		if (r.status == CBOR_DECODER_NEDATA)
 			FAIL(EC_EMALFORMED, "truncated");
 		if (r.status != CBOR_DECODER_FINISHED || ev.kind == EV_NONE || r.read == 0)

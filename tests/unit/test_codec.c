@@ -199,6 +199,10 @@ static void test_cbor_canonical(void **state)
 	expect_canonical("f97e00", "fb7ff8000000000000"); /* NaN */
 	expect_canonical("c11a514b67b0", "c11a514b67b0"); /* tags kept */
 	expect_canonical("d8011a514b67b0", "c11a514b67b0");
+	/* tags 6..20: libcbor 0.8 refuses their one-byte form, we do not */
+	expect_canonical("d90007f6", "c7f6");
+	expect_canonical("c7f6", "c7f6");
+	expect_canonical("d4f6", "d4f6");
 	/* keys sorted by their encoded bytes: the example order of RFC 8949
 	 * 4.2.1 (10, 100, -1, "z", "aa", [100], [-1], false), given reversed */
 	expect_canonical("a8f400812000811864006261610061" "7a00200018640" "00a00",
