@@ -16,13 +16,34 @@
  * to keep the broker responsible for a message until the loop has committed
  * it is not to return. The callback therefore waits for the loop's verdict;
  * a refusal re-offers the message from here, still unacknowledged.
+ *
+ * Why a worker thread publishes. paho holds its process-wide mutex while
+ * messageArrived runs (measured: MQTTAsync_isConnected() blocked behind a
+ * waiting callback). Any paho call from the loop while a delivery waits for
+ * the loop would deadlock, so the loop never calls paho after mqtt_open():
+ * mqtt_publish() queues a copy and a worker thread of this module calls
+ * MQTTAsync_sendMessage().
+ *
+ * Why a callback kills the connection before giving a message back. When the
+ * module closes, a delivery that was not committed must not be acknowledged,
+ * yet returning from messageArrived acknowledges it and paho cannot be asked
+ * to disconnect first (its mutex is held). So the callback ends the
+ * connection at the broker itself: it connects a raw MQTT client with the
+ * same client id (the broker then closes our connection: session takeover),
+ * disconnects it normally (the session stays), and only then returns.
+ * Plain tcp:// only; over TLS it logs an error and the message may be lost.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -61,7 +82,22 @@ struct slot {
 	struct mqtt *m;
 	uint64_t tag;
 	int token;  /* -1 until MQTTAsync_sendMessage() returned it */
+	unsigned gen; /* bumped on every use: tells a stale request */
 	bool busy;
+};
+
+/* A publish queued for the worker thread: one allocation, fields copied. */
+struct pubreq {
+	struct pubreq *next;
+	unsigned idx, gen;
+	char *topic;
+	void *payload;
+	size_t len;
+	bool retain;
+	uint32_t expiry_s;
+	char *content_type;
+	void *correlation;
+	size_t correlation_len;
 };
 
 struct mqtt {
@@ -85,7 +121,9 @@ struct mqtt {
 	/* guarded by lock */
 	bool v5;
 	bool connected, ever_connected, want_fallback;
-	bool closing, released, disc_done;
+	bool closing, disc_done, worker_stop, worker_started;
+	pthread_t worker;
+	struct pubreq *pq_head, **pq_tail; /* for the worker */
 	unsigned connects, losses, subacks;
 	int in_cb;                    /* paho callbacks inside our code */
 	struct mqtt_msg *qhead, **qtail; /* waiting for the loop */
@@ -289,6 +327,8 @@ static void inbound_unref(struct mqtt *m, struct inbound *n)
 		live_remove_and_free(m, n);
 }
 
+static void takeover(struct mqtt *m);
+
 static int on_message(void *ctx, char *topic, int topiclen, MQTTAsync_message *pm)
 {
 	struct mqtt *m = ctx;
@@ -312,13 +352,7 @@ static int on_message(void *ctx, char *topic, int topiclen, MQTTAsync_message *p
 			m->live->lprev = n;
 		m->live = n;
 	}
-	while (n) {
-		/* While mqtt_close() disconnects, hold on: returning now could
-		 * still put a PUBACK on the wire. */
-		while (m->closing && !m->released)
-			pthread_cond_wait(&m->cond, &m->lock);
-		if (m->closing)
-			break;
+	while (n && !m->closing) {
 		n->verdict = V_PENDING;
 		n->msg.offers++;
 		n->msg.next = NULL;
@@ -352,6 +386,12 @@ static int on_message(void *ctx, char *topic, int topiclen, MQTTAsync_message *p
 	if (ret) {
 		MQTTAsync_freeMessage(&pm);
 		MQTTAsync_free(topic);
+	} else {
+		/* Closing: end the connection at the broker before paho writes
+		 * the PUBACK that follows our return. */
+		pthread_mutex_unlock(&m->lock);
+		takeover(m);
+		pthread_mutex_lock(&m->lock);
 	}
 	cb_leave(m);
 	return ret;
@@ -722,6 +762,262 @@ fail_logged:
 	return map_paho(rc);
 }
 
+/* ---- ending the connection without paho ----------------------------------- */
+
+static size_t put_u16(uint8_t *p, size_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+	return 2;
+}
+
+static size_t put_str(uint8_t *p, const char *s)
+{
+	size_t len = strlen(s);
+	put_u16(p, len);
+	memcpy(p + 2, s, len);
+	return len + 2;
+}
+
+static int dial(const char *uri)
+{
+	const char *hp = strstr(uri, "://") + 3;
+	char host[256], port[16];
+	const char *colon;
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
+	int fd = -1;
+
+	if (*hp == '[') { /* [v6]:port */
+		const char *end = strchr(hp, ']');
+		if (!end || end[1] != ':' || (size_t)(end - hp - 1) >= sizeof host)
+			return -1;
+		snprintf(host, sizeof host, "%.*s", (int)(end - hp - 1), hp + 1);
+		colon = end + 1;
+	} else {
+		if (!(colon = strrchr(hp, ':')) || (size_t)(colon - hp) >= sizeof host)
+			return -1;
+		snprintf(host, sizeof host, "%.*s", (int)(colon - hp), hp);
+	}
+	snprintf(port, sizeof port, "%.*s", (int)strcspn(colon + 1, "/"), colon + 1);
+	if (getaddrinfo(host, port, &hints, &ai) != 0)
+		return -1;
+	for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
+		struct pollfd p = { .events = POLLOUT };
+		int e = 0;
+		socklen_t el = sizeof e;
+
+		if ((fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
+			continue;
+		p.fd = fd;
+		if ((connect(fd, a->ai_addr, a->ai_addrlen) == 0 ||
+		     (errno == EINPROGRESS && poll(&p, 1, 3000) == 1 &&
+		      getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) == 0 && e == 0)))
+			break;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
+	return fd;
+}
+
+static bool send_all(int fd, const uint8_t *p, size_t len)
+{
+	while (len) {
+		struct pollfd pf = { .fd = fd, .events = POLLOUT };
+		ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
+		if (w > 0) {
+			p += w;
+			len -= (size_t)w;
+		} else if (w < 0 && errno == EAGAIN && poll(&pf, 1, 3000) == 1) {
+			continue;
+		} else {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Connect with our client id (clean start off, same session expiry) so the
+ * broker closes the paho connection, then disconnect normally: the session,
+ * with the unacknowledged message, stays at the broker. Any thread; no paho
+ * call. */
+static void takeover(struct mqtt *m)
+{
+	size_t cap = 64 + strlen(m->client_id) + (m->username ? strlen(m->username) : 0) +
+	             (m->password ? strlen(m->password) : 0);
+	uint8_t *buf, *p, hdr[5], ack[4];
+	size_t body, hl = 1, got = 0;
+	int fd;
+
+	if (strncmp(m->uri, "tcp://", 6) && strncmp(m->uri, "mqtt://", 7)) {
+		log_error("MQTT-CLOSE cannot end a TLS connection before paho acknowledges "
+		          "an uncommitted message; it may be lost");
+		return;
+	}
+	if (!(buf = malloc(cap)))
+		return;
+	p = buf;
+	p += put_str(p, "MQTT");
+	*p++ = m->v5 ? 5 : 4;
+	*p++ = (uint8_t)((m->username ? 0x80 : 0) | (m->password ? 0x40 : 0)); /* clean off */
+	p += put_u16(p, 0); /* no keepalive */
+	if (m->v5) {
+		*p++ = 5; /* properties: session expiry */
+		*p++ = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
+		*p++ = (uint8_t)(m->expiry_s >> 24);
+		*p++ = (uint8_t)(m->expiry_s >> 16);
+		*p++ = (uint8_t)(m->expiry_s >> 8);
+		*p++ = (uint8_t)m->expiry_s;
+	}
+	p += put_str(p, m->client_id);
+	if (m->username)
+		p += put_str(p, m->username);
+	if (m->password)
+		p += put_str(p, m->password);
+	body = (size_t)(p - buf);
+	hdr[0] = 0x10;
+	for (size_t v = body; ; ) {
+		hdr[hl] = (uint8_t)(v & 0x7f);
+		v >>= 7;
+		if (v)
+			hdr[hl] |= 0x80;
+		hl++;
+		if (!v || hl == 5)
+			break;
+	}
+	if ((fd = dial(m->uri)) < 0) {
+		log_warnx("MQTT-CLOSE cannot reach %s to end the session's connection", m->uri);
+		free(buf);
+		return;
+	}
+	if (send_all(fd, hdr, hl) && send_all(fd, buf, body)) {
+		/* The CONNACK means the broker has already closed the old
+		 * connection. */
+		while (got < sizeof ack) {
+			struct pollfd pf = { .fd = fd, .events = POLLIN };
+			ssize_t r;
+			if (poll(&pf, 1, 3000) != 1 || (r = recv(fd, ack + got, sizeof ack - got, 0)) <= 0)
+				break;
+			got += (size_t)r;
+		}
+		if (got == sizeof ack && ack[0] == 0x20) {
+			static const uint8_t disc[] = { 0xe0, 0x00 };
+			send_all(fd, disc, sizeof disc);
+		} else {
+			log_warnx("MQTT-CLOSE session takeover at %s got no CONNACK", m->uri);
+		}
+	}
+	close(fd);
+	free(buf);
+}
+
+/* ---- the publishing worker ------------------------------------------------- */
+
+/* lock held: the slot's publish will not be confirmed. */
+static void slot_fail(struct mqtt *m, struct slot *s)
+{
+	s->busy = false;
+	m->failed[m->n_failed++] = s->tag;
+	m->ring[(m->ring_head + m->ring_count++) % m->window] = (unsigned)(s - m->slots);
+	signal_loop(m);
+}
+
+static int send_one(MQTTAsync client, bool v5, const struct pubreq *r, struct slot *s, int *token)
+{
+	MQTTAsync_message msg = MQTTAsync_message_initializer;
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	MQTTProperties props = MQTTProperties_initializer;
+	int rc = MQTTASYNC_SUCCESS;
+
+	if (v5) {
+		MQTTProperty p;
+		if (r->expiry_s) {
+			memset(&p, 0, sizeof p);
+			p.identifier = MQTTPROPERTY_CODE_MESSAGE_EXPIRY_INTERVAL;
+			p.value.integer4 = r->expiry_s;
+			rc = MQTTProperties_add(&props, &p) ? MQTTASYNC_FAILURE : rc;
+		}
+		if (rc == MQTTASYNC_SUCCESS && r->content_type) {
+			memset(&p, 0, sizeof p);
+			p.identifier = MQTTPROPERTY_CODE_CONTENT_TYPE;
+			p.value.data.data = r->content_type;
+			p.value.data.len = (int)strlen(r->content_type);
+			rc = MQTTProperties_add(&props, &p) ? MQTTASYNC_FAILURE : rc;
+		}
+		if (rc == MQTTASYNC_SUCCESS && r->correlation) {
+			memset(&p, 0, sizeof p);
+			p.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA;
+			p.value.data.data = r->correlation;
+			p.value.data.len = (int)r->correlation_len;
+			rc = MQTTProperties_add(&props, &p) ? MQTTASYNC_FAILURE : rc;
+		}
+	}
+	msg.payload = r->payload;
+	msg.payloadlen = (int)r->len;
+	msg.qos = 1;
+	msg.retained = r->retain;
+	msg.properties = props;
+	ro.context = s;
+	if (v5) {
+		ro.onSuccess5 = on_pub_ok5;
+		ro.onFailure5 = on_pub_fail5;
+	} else {
+		ro.onSuccess = on_pub_ok3;
+		ro.onFailure = on_pub_fail3;
+	}
+	if (rc == MQTTASYNC_SUCCESS)
+		rc = MQTTAsync_sendMessage(client, r->topic, &msg, &ro);
+	MQTTProperties_free(&props);
+	*token = ro.token;
+	return rc;
+}
+
+static void *worker_main(void *arg)
+{
+	struct mqtt *m = arg;
+
+	pthread_mutex_lock(&m->lock);
+	while (!m->worker_stop) {
+		struct pubreq *r = m->pq_head;
+		struct slot *s;
+		MQTTAsync client;
+		bool v5;
+		int rc, token = -1;
+
+		if (!r) {
+			pthread_cond_wait(&m->cond, &m->lock);
+			continue;
+		}
+		if (!(m->pq_head = r->next))
+			m->pq_tail = &m->pq_head;
+		s = &m->slots[r->idx];
+		if (!s->busy || s->gen != r->gen) { /* failed by a connection loss */
+			free(r);
+			continue;
+		}
+		client = m->client;
+		v5 = m->v5;
+		pthread_mutex_unlock(&m->lock);
+		/* May wait while a delivery waits for the loop (paho's mutex);
+		 * that is why this is not the loop's thread. */
+		rc = send_one(client, v5, r, s, &token);
+		pthread_mutex_lock(&m->lock);
+		if (s->busy && s->gen == r->gen) {
+			if (rc == MQTTASYNC_SUCCESS) {
+				if (s->token == -1)
+					s->token = token;
+			} else {
+				if (rc != MQTTASYNC_DISCONNECTED)
+					log_warnx("MQTT-PUBLISH %s: %s", r->topic, paho_text(rc));
+				slot_fail(m, s);
+			}
+		}
+		free(r);
+	}
+	pthread_mutex_unlock(&m->lock);
+	return NULL;
+}
+
 /* ---- open / close --------------------------------------------------------- */
 
 static void opts_free(struct mqtt *m)
@@ -779,6 +1075,7 @@ int mqtt_open(const struct mqtt_opts *opts, struct mqtt **out)
 	m->efd = -1;
 	m->v5 = true;
 	m->qtail = &m->qhead;
+	m->pq_tail = &m->pq_head;
 	m->keepalive_s = opts->keepalive_s ? opts->keepalive_s : DEF_KEEPALIVE_S;
 	m->expiry_s = opts->session_expiry_s ? opts->session_expiry_s : DEF_EXPIRY_S;
 	m->rmin_s = opts->reconnect_min_s ? opts->reconnect_min_s : DEF_RECONNECT_MIN_S;
@@ -841,10 +1138,15 @@ int mqtt_open(const struct mqtt_opts *opts, struct mqtt **out)
 	pthread_condattr_destroy(&ca);
 	pthread_mutex_init(&m->lock, NULL);
 
-	if ((err = client_start(m)) != 0) {
+	if ((err = -pthread_create(&m->worker, NULL, worker_main, m)) != 0) {
 		pthread_cond_destroy(&m->cond);
 		pthread_mutex_destroy(&m->lock);
 		goto fail;
+	}
+	m->worker_started = true;
+	if ((err = client_start(m)) != 0) {
+		mqtt_close(m, 0);
+		return err;
 	}
 	*out = m;
 	return 0;
@@ -865,15 +1167,32 @@ void mqtt_close(struct mqtt *m, int timeout_ms)
 
 	if (!m)
 		return;
+	/* 1. Give back every delivery waiting for the loop: each callback ends
+	 *    the connection (takeover) before it returns, so nothing
+	 *    uncommitted is acknowledged; later deliveries do the same. */
 	pthread_mutex_lock(&m->lock);
 	m->closing = true;
-	client = m->client;
+	for (struct inbound *n = m->live; n; n = n->lnext)
+		if (n->verdict == V_PENDING)
+			n->verdict = V_ABORT;
+	while (m->qhead) {
+		struct inbound *n = (struct inbound *)m->qhead;
+		m->qhead = n->msg.next;
+		n->queued = false;
+		inbound_unref(m, n);
+	}
+	m->qtail = &m->qhead;
+	m->worker_stop = true;
 	pthread_cond_broadcast(&m->cond);
+	client = m->client;
 	pthread_mutex_unlock(&m->lock);
 
-	/* First end the connection, so that releasing a blocked delivery below
-	 * cannot send its PUBACK: the broker keeps the message. A normal
-	 * DISCONNECT also tells the broker not to publish the will. */
+	/* 2. The worker may be inside paho, waiting for those callbacks. */
+	if (m->worker_started)
+		pthread_join(m->worker, NULL);
+
+	/* 3. A normal DISCONNECT: the broker keeps the session and drops the
+	 *    will. Publishes in flight get up to timeout_ms. */
 	if (client && MQTTAsync_isConnected(client)) {
 		MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
 		MQTTAsync_disconnectOptions d3 = MQTTAsync_disconnectOptions_initializer;
@@ -900,27 +1219,9 @@ void mqtt_close(struct mqtt *m, int timeout_ms)
 		} else {
 			log_warnx("mqtt: disconnect: %s", paho_text(rc));
 		}
-		if (MQTTAsync_isConnected(client))
-			log_warnx("MQTT-CLOSE still connected after the disconnect timeout; a "
-			          "message being delivered may be acknowledged unprocessed");
 	}
 
-	pthread_mutex_lock(&m->lock);
-	m->released = true;
-	for (struct inbound *n = m->live; n; n = n->lnext)
-		if (n->verdict == V_PENDING)
-			n->verdict = V_ABORT;
-	while (m->qhead) {
-		struct inbound *n = (struct inbound *)m->qhead;
-		m->qhead = n->msg.next;
-		n->queued = false;
-		inbound_unref(m, n);
-	}
-	m->qtail = &m->qhead;
-	pthread_cond_broadcast(&m->cond);
-	pthread_mutex_unlock(&m->lock);
-
-	/* Never inside a callback: this is the loop thread. */
+	/* 4. Never inside a callback: this is the loop thread. */
 	if (client)
 		MQTTAsync_destroy(&client);
 	pthread_mutex_lock(&m->lock);
@@ -928,9 +1229,14 @@ void mqtt_close(struct mqtt *m, int timeout_ms)
 	while (m->in_cb > 0)
 		pthread_cond_wait(&m->cond, &m->lock);
 	/* Only the loop's references remain: messages it took and never gave
-	 * back. */
+	 * back; and publishes the worker never sent. */
 	while (m->live)
 		live_remove_and_free(m, m->live);
+	while (m->pq_head) {
+		struct pubreq *r = m->pq_head;
+		m->pq_head = r->next;
+		free(r);
+	}
 	pthread_mutex_unlock(&m->lock);
 
 	pthread_cond_destroy(&m->cond);
@@ -1042,106 +1348,70 @@ static void on_pub_fail3(void *ctx, MQTTAsync_failureData *r)
 	pub_report(ctx, r->token, false, r->code, 0);
 }
 
-static int add_prop(MQTTProperties *props, MQTTProperty *p)
-{
-	return MQTTProperties_add(props, p) == 0 ? 0 : -ENOMEM;
-}
-
 int mqtt_publish(struct mqtt *m, const struct mqtt_pub *pub)
 {
-	MQTTAsync_message msg = MQTTAsync_message_initializer;
-	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-	MQTTProperties props = MQTTProperties_initializer;
+	size_t tlen, ctl = 0, need;
+	struct pubreq *r;
 	struct slot *s;
-	unsigned idx;
-	bool v5;
-	int rc, err = 0;
+	char *p;
 
 	if (!pub || !pub->topic || !*pub->topic || (pub->len && !pub->payload) ||
-	    (pub->correlation && pub->correlation_len > 65535) ||
-	    (pub->content_type && strlen(pub->content_type) > 65535))
+	    strpbrk(pub->topic, "+#") || (pub->correlation && pub->correlation_len > 65535))
+		return -EINVAL;
+	if ((tlen = strlen(pub->topic)) > 65535 ||
+	    (pub->content_type && (ctl = strlen(pub->content_type)) > 65535))
 		return -EINVAL;
 	if (pub->len > 268435455) /* the largest MQTT packet */
 		return -EMSGSIZE;
+	need = sizeof *r + tlen + 1 + pub->len + ctl + 1 + pub->correlation_len;
+	if (!(r = calloc(1, need)))
+		return -ENOMEM;
+	p = (char *)(r + 1);
+	r->topic = memcpy(p, pub->topic, tlen + 1);
+	p += tlen + 1;
+	r->payload = p;
+	if (pub->len)
+		memcpy(p, pub->payload, pub->len);
+	p += pub->len;
+	r->len = pub->len;
+	if (pub->content_type) {
+		r->content_type = memcpy(p, pub->content_type, ctl + 1);
+		p += ctl + 1;
+	}
+	if (pub->correlation) {
+		r->correlation = p;
+		r->correlation_len = pub->correlation_len;
+		if (pub->correlation_len)
+			memcpy(p, pub->correlation, pub->correlation_len);
+	}
+	r->retain = pub->retain;
+	r->expiry_s = pub->expiry_s;
 
 	pthread_mutex_lock(&m->lock);
-	if (!m->connected || !m->client) {
+	if (!m->connected || m->closing) {
 		pthread_mutex_unlock(&m->lock);
+		free(r);
 		return -ENOTCONN;
 	}
 	if (m->inflight >= m->window || m->ring_count == 0) {
 		pthread_mutex_unlock(&m->lock);
+		free(r);
 		return -EAGAIN;
 	}
-	idx = m->ring[m->ring_head];
+	r->idx = m->ring[m->ring_head];
 	m->ring_head = (m->ring_head + 1) % m->window;
 	m->ring_count--;
-	s = &m->slots[idx];
+	s = &m->slots[r->idx];
 	s->busy = true;
 	s->token = -1;
 	s->tag = pub->tag;
-	v5 = m->v5;
+	r->gen = ++s->gen;
+	*m->pq_tail = r;
+	m->pq_tail = &r->next;
+	m->inflight++;
+	pthread_cond_broadcast(&m->cond);
 	pthread_mutex_unlock(&m->lock);
-
-	if (v5) {
-		if (pub->expiry_s) {
-			MQTTProperty p = { .identifier = MQTTPROPERTY_CODE_MESSAGE_EXPIRY_INTERVAL,
-			                   .value.integer4 = pub->expiry_s };
-			err = add_prop(&props, &p);
-		}
-		if (!err && pub->content_type) {
-			MQTTProperty p = { .identifier = MQTTPROPERTY_CODE_CONTENT_TYPE };
-			p.value.data.data = (char *)pub->content_type;
-			p.value.data.len = (int)strlen(pub->content_type);
-			err = add_prop(&props, &p);
-		}
-		if (!err && pub->correlation) {
-			MQTTProperty p = { .identifier = MQTTPROPERTY_CODE_CORRELATION_DATA };
-			p.value.data.data = (char *)pub->correlation;
-			p.value.data.len = (int)pub->correlation_len;
-			err = add_prop(&props, &p);
-		}
-	}
-	msg.payload = (void *)pub->payload;
-	msg.payloadlen = (int)pub->len;
-	msg.qos = 1;
-	msg.retained = pub->retain;
-	msg.properties = props;
-	ro.context = s;
-	if (v5) {
-		ro.onSuccess5 = on_pub_ok5;
-		ro.onFailure5 = on_pub_fail5;
-	} else {
-		ro.onSuccess = on_pub_ok3;
-		ro.onFailure = on_pub_fail3;
-	}
-	/* The client handle changes only on this thread (mqtt_take_events). */
-	rc = err ? MQTTASYNC_FAILURE : MQTTAsync_sendMessage(m->client, pub->topic, &msg, &ro);
-	MQTTProperties_free(&props);
-
-	pthread_mutex_lock(&m->lock);
-	if (rc == MQTTASYNC_SUCCESS) {
-		m->inflight++;
-		if (s->busy && s->token == -1)
-			s->token = ro.token;
-	} else if (s->busy) {
-		s->busy = false;
-		m->ring[(m->ring_head + m->ring_count++) % m->window] = idx;
-		if (!err)
-			err = map_paho(rc);
-	} else {
-		/* The connection went down meanwhile and fail_inflight() has
-		 * already reported the tag as failed: count it so the report is
-		 * taken exactly once. */
-		m->inflight++;
-		err = 0;
-	}
-	pthread_mutex_unlock(&m->lock);
-	if (err && err != -ENOTCONN)
-		log_warnx("MQTT-PUBLISH %s: %s", pub->topic,
-		          rc != MQTTASYNC_SUCCESS && rc != MQTTASYNC_FAILURE ? paho_text(rc)
-		                                                            : ec_strerror(err));
-	return err;
+	return 0;
 }
 
 bool mqtt_can_publish(struct mqtt *m)
