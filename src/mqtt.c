@@ -1,0 +1,1454 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * mqtt.c - the MQTT link over paho MQTTAsync: the only file that includes
+ * MQTTAsync.h. It owns the paho client, the hand-off of paho's callbacks to
+ * the event loop (queues + one eventfd), the publish window and the mapping
+ * of paho's error codes to ours.
+ *
+ * It does not decode payloads, touch the store or decide what to publish:
+ * the loop does (see mqtt.h for the calling order and docs/mqtt.md).
+ *
+ * Why messageArrived blocks. paho 1.3.12 calls messageArrived from its
+ * receive thread *before* it writes the PUBACK, and writes the PUBACK after
+ * the callback returns, whatever it returns: returning 0 only makes paho keep
+ * the message in memory and call again later (measured: the broker did not
+ * redeliver a message refused with 0 after the client died). So the only way
+ * to keep the broker responsible for a message until the loop has committed
+ * it is not to return. The callback therefore waits for the loop's verdict;
+ * a refusal re-offers the message from here, still unacknowledged.
+ *
+ * Why a worker thread publishes. paho holds its process-wide mutex while
+ * messageArrived runs (measured: MQTTAsync_isConnected() blocked behind a
+ * waiting callback). Any paho call from the loop while a delivery waits for
+ * the loop would deadlock, so the loop never calls paho after mqtt_open():
+ * mqtt_publish() queues a copy and a worker thread of this module calls
+ * MQTTAsync_sendMessage().
+ *
+ * Why a callback kills the connection before giving a message back. When the
+ * module closes, a delivery that was not committed must not be acknowledged,
+ * yet returning from messageArrived acknowledges it and paho cannot be asked
+ * to disconnect first (its mutex is held). So the callback ends the
+ * connection at the broker itself: it connects a raw MQTT client with the
+ * same client id (the broker then closes our connection: session takeover),
+ * disconnects it normally (the session stays), and only then returns.
+ * Plain tcp:// only; over TLS it logs an error and the message may be lost.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <MQTTAsync.h>
+
+#include "edgecoord/err.h"
+#include "log.h"
+#include "mqtt.h"
+
+#define DEF_KEEPALIVE_S 30
+#define DEF_EXPIRY_S (7u * 24 * 3600)
+#define DEF_RECONNECT_MIN_S 1
+#define DEF_RECONNECT_MAX_S 30
+#define DEF_WINDOW 256
+#define DEF_REFUSE_MS 200
+#define CONNECT_TIMEOUT_S 10
+
+enum verdict { V_PENDING, V_COMMIT, V_REFUSE, V_ABORT };
+
+/* One delivered message, shared by the paho thread that waits in
+ * on_message() and the loop. refs counts both holders; the node is freed by
+ * whichever lets go last, so a callback released by mqtt_close() and a late
+ * mqtt_inbound_done() never free twice. Guarded by m->lock. */
+struct inbound {
+	struct mqtt_msg msg;          /* first: the loop's handle casts back */
+	struct inbound *lprev, *lnext; /* m->live: every node not yet freed */
+	int refs;
+	enum verdict verdict;
+	bool queued;                  /* in m->q, not yet taken by the loop */
+};
+
+/* A publish in flight. Slots live as long as the module, so a late or
+ * doubled paho callback (#1341) never touches freed memory; token tells a
+ * stale callback from the current one. */
+struct slot {
+	struct mqtt *m;
+	uint64_t tag;
+	int token;  /* -1 until MQTTAsync_sendMessage() returned it */
+	unsigned gen; /* bumped on every use: tells a stale request */
+	bool busy;
+};
+
+/* A publish queued for the worker thread: one allocation, fields copied. */
+struct pubreq {
+	struct pubreq *next;
+	unsigned idx, gen;
+	char *topic;
+	void *payload;
+	size_t len;
+	bool retain;
+	uint32_t expiry_s;
+	char *content_type;
+	void *correlation;
+	size_t correlation_len;
+};
+
+struct mqtt {
+	MQTTAsync client;     /* written on the loop thread with lock held */
+	int efd;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;  /* verdicts, close phases, callbacks leaving */
+
+	/* copied options, constant */
+	char *uri, *client_id, *username, *password, *ca, *cert, *key;
+	char **subs;
+	int *sub_qos;
+	int n_subs;
+	char *will_topic, *online_topic;
+	void *will_payload, *online_payload;
+	size_t will_len, online_len;
+	int keepalive_s, rmin_s, rmax_s;
+	uint32_t expiry_s;
+	unsigned refuse_ms;
+
+	/* guarded by lock */
+	bool v5;
+	bool connected, ever_connected, want_fallback;
+	bool closing, disc_done, worker_stop, worker_started;
+	pthread_t worker;
+	struct pubreq *pq_head, **pq_tail; /* for the worker */
+	unsigned connects, losses, subacks;
+	int in_cb;                    /* paho callbacks inside our code */
+	struct mqtt_msg *qhead, **qtail; /* waiting for the loop */
+	struct inbound *live;
+	struct slot *slots;
+	unsigned window;
+	unsigned *ring;               /* free slot indices, FIFO */
+	unsigned ring_head, ring_count;
+	uint64_t *delivered, *failed; /* capacity window each */
+	size_t n_delivered, n_failed;
+	struct slot online_slot;      /* context of the module's own publish */
+
+	/* loop thread only */
+	unsigned inflight;            /* accepted, not yet taken as reported */
+};
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static int map_paho(int rc)
+{
+	switch (rc) {
+	case MQTTASYNC_SUCCESS:
+		return 0;
+	case MQTTASYNC_DISCONNECTED:
+		return -ENOTCONN;
+	case MQTTASYNC_MAX_MESSAGES_INFLIGHT:
+	case MQTTASYNC_MAX_BUFFERED_MESSAGES:
+	case MQTTASYNC_MAX_BUFFERED:
+	case MQTTASYNC_NO_MORE_MSGIDS:
+		return -EAGAIN;
+	case MQTTASYNC_BAD_UTF8_STRING:
+	case MQTTASYNC_NULL_PARAMETER:
+	case MQTTASYNC_TOPICNAME_TRUNCATED:
+	case MQTTASYNC_BAD_STRUCTURE:
+	case MQTTASYNC_BAD_QOS:
+	case MQTTASYNC_0_LEN_WILL_TOPIC:
+		return -EINVAL;
+	case MQTTASYNC_SSL_NOT_SUPPORTED:
+	case MQTTASYNC_BAD_PROTOCOL:
+	case MQTTASYNC_BAD_MQTT_OPTION:
+	case MQTTASYNC_WRONG_MQTT_VERSION:
+		return EC_ECONFIG;
+	default:
+		return EC_EPROTO;
+	}
+}
+
+static const char *reason_text(int reason)
+{
+	const char *s = MQTTReasonCode_toString((enum MQTTReasonCodes)reason);
+	return s ? s : "unknown reason code";
+}
+
+static const char *paho_text(int rc)
+{
+	const char *s = MQTTAsync_strerror(rc);
+	return s ? s : "unknown paho error";
+}
+
+static void signal_loop(struct mqtt *m)
+{
+	uint64_t one = 1;
+	/* EAGAIN means the counter is already huge: the loop will wake anyway. */
+	if (write(m->efd, &one, sizeof one) < 0 && errno != EAGAIN)
+		log_warn("mqtt: eventfd write");
+}
+
+static void deadline_in(struct timespec *ts, long ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+/* Every paho callback brackets its work with these, so that mqtt_close()
+ * can wait until no paho thread is inside this module any more. */
+static void cb_enter(struct mqtt *m)
+{
+	pthread_mutex_lock(&m->lock);
+	m->in_cb++;
+}
+
+static void cb_leave(struct mqtt *m)
+{
+	if (--m->in_cb == 0)
+		pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+}
+
+static char *dup_or_null(const char *s, int *err)
+{
+	char *d;
+
+	if (!s)
+		return NULL;
+	if (!(d = strdup(s)))
+		*err = -ENOMEM;
+	return d;
+}
+
+static void *memdup_or_null(const void *p, size_t len, int *err)
+{
+	void *d;
+
+	if (!p)
+		return NULL;
+	if (!(d = malloc(len ? len : 1))) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	if (len)
+		memcpy(d, p, len);
+	return d;
+}
+
+/* ---- inbound: paho thread side -------------------------------------------- */
+
+static const MQTTLenString *prop_data(MQTTAsync_message *pm, enum MQTTPropertyCodes code)
+{
+	MQTTProperty *p = MQTTProperties_getProperty(&pm->properties, code);
+	if (!p || p->value.data.len < 0 || (p->value.data.len > 0 && !p->value.data.data))
+		return NULL;
+	return &p->value.data;
+}
+
+/* Copy what the loop needs into one allocation; paho's buffers stay paho's. */
+static struct inbound *inbound_new(const char *topic, int topiclen, MQTTAsync_message *pm)
+{
+	const MQTTLenString *ct = prop_data(pm, MQTTPROPERTY_CODE_CONTENT_TYPE);
+	const MQTTLenString *rt = prop_data(pm, MQTTPROPERTY_CODE_RESPONSE_TOPIC);
+	const MQTTLenString *cd = prop_data(pm, MQTTPROPERTY_CODE_CORRELATION_DATA);
+	size_t tlen = topiclen > 0 ? (size_t)topiclen : strlen(topic);
+	size_t plen = pm->payloadlen > 0 ? (size_t)pm->payloadlen : 0;
+	size_t ctl = ct ? (size_t)ct->len : 0, rtl = rt ? (size_t)rt->len : 0;
+	size_t cdl = cd ? (size_t)cd->len : 0;
+	struct inbound *n;
+	char *p;
+
+	/* Each length is below 2^31 (paho uses int), so the sum cannot wrap. */
+	n = calloc(1, sizeof *n + tlen + 1 + plen + ctl + 1 + rtl + 1 + cdl);
+	if (!n)
+		return NULL;
+	p = (char *)(n + 1);
+	memcpy(p, topic, tlen);
+	p[tlen] = '\0';
+	n->msg.topic = p;
+	n->msg.topic_len = tlen;
+	p += tlen + 1;
+	if (plen) {
+		memcpy(p, pm->payload, plen);
+		n->msg.payload = (const uint8_t *)p;
+		n->msg.len = plen;
+		p += plen;
+	}
+	if (ct) {
+		if (ctl)
+			memcpy(p, ct->data, ctl);
+		p[ctl] = '\0';
+		n->msg.content_type = p;
+		p += ctl + 1;
+	}
+	if (rt) {
+		if (rtl)
+			memcpy(p, rt->data, rtl);
+		p[rtl] = '\0';
+		n->msg.response_topic = p;
+		p += rtl + 1;
+	}
+	if (cd) {
+		if (cdl)
+			memcpy(p, cd->data, cdl);
+		n->msg.correlation = (const uint8_t *)p;
+		n->msg.correlation_len = cdl;
+	}
+	n->msg.qos = pm->qos;
+	n->msg.dup = pm->dup != 0;
+	n->msg.retained = pm->retained != 0;
+	return n;
+}
+
+/* lock held */
+static void live_remove_and_free(struct mqtt *m, struct inbound *n)
+{
+	if (n->lprev)
+		n->lprev->lnext = n->lnext;
+	else
+		m->live = n->lnext;
+	if (n->lnext)
+		n->lnext->lprev = n->lprev;
+	free(n);
+}
+
+/* lock held */
+static void inbound_unref(struct mqtt *m, struct inbound *n)
+{
+	if (--n->refs == 0)
+		live_remove_and_free(m, n);
+}
+
+static void takeover(struct mqtt *m);
+
+static int on_message(void *ctx, char *topic, int topiclen, MQTTAsync_message *pm)
+{
+	struct mqtt *m = ctx;
+	struct inbound *n;
+	struct timespec ts;
+	bool warned = false;
+	int ret = 0;
+
+	cb_enter(m);
+	/* Out of memory: wait and retry rather than return, because returning
+	 * acknowledges the message (see the top of this file). */
+	while (!(n = inbound_new(topic, topiclen, pm)) && !m->closing) {
+		log_warnx("MQTT-NOMEM cannot copy an inbound message; retrying");
+		deadline_in(&ts, 1000);
+		pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+	}
+	if (n) {
+		n->refs = 1; /* this callback */
+		n->lnext = m->live;
+		if (m->live)
+			m->live->lprev = n;
+		m->live = n;
+	}
+	while (n && !m->closing) {
+		n->verdict = V_PENDING;
+		n->msg.offers++;
+		n->msg.next = NULL;
+		n->queued = true;
+		n->refs++; /* the queue, then the loop */
+		*m->qtail = &n->msg;
+		m->qtail = &n->msg.next;
+		signal_loop(m);
+		deadline_in(&ts, m->keepalive_s * 500L);
+		while (n->verdict == V_PENDING) {
+			if (pthread_cond_timedwait(&m->cond, &m->lock, &ts) == ETIMEDOUT && !warned) {
+				warned = true;
+				log_warnx("MQTT-STALL inbound message on %s not answered for %d s; "
+				          "the broker may drop the connection and redeliver it",
+				          n->msg.topic, m->keepalive_s / 2);
+			}
+		}
+		if (n->verdict == V_COMMIT) {
+			ret = 1;
+			break;
+		}
+		if (n->verdict == V_ABORT)
+			break;
+		/* Refused: offer it again later, still unacknowledged. */
+		deadline_in(&ts, m->refuse_ms);
+		while (!m->closing && pthread_cond_timedwait(&m->cond, &m->lock, &ts) != ETIMEDOUT)
+			;
+	}
+	if (n)
+		inbound_unref(m, n);
+	if (ret) {
+		MQTTAsync_freeMessage(&pm);
+		MQTTAsync_free(topic);
+	} else {
+		/* Closing: end the connection at the broker before paho writes
+		 * the PUBACK that follows our return. */
+		pthread_mutex_unlock(&m->lock);
+		takeover(m);
+		pthread_mutex_lock(&m->lock);
+	}
+	cb_leave(m);
+	return ret;
+}
+
+/* ---- inbound: loop side --------------------------------------------------- */
+
+struct mqtt_msg *mqtt_take_inbound(struct mqtt *m)
+{
+	struct mqtt_msg *head;
+
+	pthread_mutex_lock(&m->lock);
+	head = m->qhead;
+	for (struct mqtt_msg *p = head; p; p = p->next)
+		((struct inbound *)p)->queued = false;
+	m->qhead = NULL;
+	m->qtail = &m->qhead;
+	pthread_mutex_unlock(&m->lock);
+	return head;
+}
+
+void mqtt_inbound_done(struct mqtt *m, struct mqtt_msg *msg, bool committed)
+{
+	struct inbound *n = (struct inbound *)msg;
+
+	pthread_mutex_lock(&m->lock);
+	if (n->verdict == V_PENDING) {
+		n->verdict = committed ? V_COMMIT : V_REFUSE;
+		pthread_cond_broadcast(&m->cond);
+	}
+	inbound_unref(m, n);
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* ---- connection callbacks ------------------------------------------------- */
+
+static void on_sub_ok5(void *ctx, MQTTAsync_successData5 *r)
+{
+	struct mqtt *m = ctx;
+	bool ok = true;
+
+	cb_enter(m);
+	if (m->n_subs == 1) {
+		ok = r->reasonCode < 0x80;
+	} else {
+		for (int i = 0; i < r->alt.sub.reasonCodeCount; i++)
+			if (r->alt.sub.reasonCodes[i] >= 0x80) {
+				log_warnx("MQTT-SUBSCRIBE %s refused: %s", m->subs[i < m->n_subs ? i : 0],
+				          reason_text(r->alt.sub.reasonCodes[i]));
+				ok = false;
+			}
+	}
+	if (ok) {
+		m->subacks++;
+		signal_loop(m);
+	} else if (m->n_subs == 1) {
+		log_warnx("MQTT-SUBSCRIBE %s refused: %s", m->subs[0],
+		          reason_text(r->reasonCode));
+	}
+	cb_leave(m);
+}
+
+static void on_sub_ok3(void *ctx, MQTTAsync_successData *r)
+{
+	struct mqtt *m = ctx;
+	bool ok = true;
+
+	cb_enter(m);
+	if (m->n_subs == 1)
+		ok = r->alt.qos < 0x80;
+	else
+		for (int i = 0; i < m->n_subs; i++)
+			ok = ok && r->alt.qosList && r->alt.qosList[i] < 0x80;
+	if (ok) {
+		m->subacks++;
+		signal_loop(m);
+	} else {
+		log_warnx("MQTT-SUBSCRIBE refused by the broker");
+	}
+	cb_leave(m);
+}
+
+static void on_sub_fail5(void *ctx, MQTTAsync_failureData5 *r)
+{
+	struct mqtt *m = ctx;
+	cb_enter(m);
+	log_warnx("MQTT-SUBSCRIBE failed: %s (%s)", paho_text(r->code),
+	          reason_text(r->reasonCode));
+	cb_leave(m);
+}
+
+static void on_sub_fail3(void *ctx, MQTTAsync_failureData *r)
+{
+	struct mqtt *m = ctx;
+	cb_enter(m);
+	log_warnx("MQTT-SUBSCRIBE failed: %s", paho_text(r->code));
+	cb_leave(m);
+}
+
+static void on_pub_ok5(void *ctx, MQTTAsync_successData5 *r);
+static void on_pub_fail5(void *ctx, MQTTAsync_failureData5 *r);
+static void on_pub_ok3(void *ctx, MQTTAsync_successData *r);
+static void on_pub_fail3(void *ctx, MQTTAsync_failureData *r);
+
+/* Runs on every connect, the first and each automatic reconnect (the
+ * connect onSuccess runs only on the first: paho #943/#1503). The session
+ * may not have survived (broker restarted without persistence), so the
+ * subscriptions are made again every time. Called without m->lock: paho
+ * API calls are never made while holding it. */
+static void resubscribe_and_announce(struct mqtt *m, MQTTAsync client, bool v5)
+{
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	int rc;
+
+	ro.context = m;
+	if (v5) {
+		ro.onSuccess5 = on_sub_ok5;
+		ro.onFailure5 = on_sub_fail5;
+	} else {
+		ro.onSuccess = on_sub_ok3;
+		ro.onFailure = on_sub_fail3;
+	}
+	if (m->n_subs > 0) {
+		rc = MQTTAsync_subscribeMany(client, m->n_subs, m->subs, m->sub_qos, &ro);
+		if (rc != MQTTASYNC_SUCCESS)
+			log_warnx("MQTT-SUBSCRIBE cannot queue: %s", paho_text(rc));
+	}
+	if (m->online_topic) {
+		MQTTAsync_message msg = MQTTAsync_message_initializer;
+		MQTTAsync_responseOptions po = MQTTAsync_responseOptions_initializer;
+
+		msg.payload = m->online_payload;
+		msg.payloadlen = (int)m->online_len;
+		msg.qos = 1;
+		msg.retained = 1;
+		po.context = &m->online_slot;
+		if (v5) {
+			po.onSuccess5 = on_pub_ok5;
+			po.onFailure5 = on_pub_fail5;
+		} else {
+			po.onSuccess = on_pub_ok3;
+			po.onFailure = on_pub_fail3;
+		}
+		rc = MQTTAsync_sendMessage(client, m->online_topic, &msg, &po);
+		if (rc != MQTTASYNC_SUCCESS)
+			log_warnx("MQTT-ONLINE cannot publish: %s", paho_text(rc));
+	}
+}
+
+static void on_connected(void *ctx, char *cause)
+{
+	struct mqtt *m = ctx;
+	MQTTAsync client;
+	bool v5;
+
+	cb_enter(m);
+	if (!m->closing && m->client) {
+		m->connected = true;
+		m->ever_connected = true;
+		m->connects++;
+		client = m->client;
+		v5 = m->v5;
+		log_info("MQTT-CONNECTED %s as %s (MQTT %s)", m->uri, m->client_id,
+		         v5 ? "5" : "3.1.1");
+		pthread_mutex_unlock(&m->lock);
+		/* in_cb still counts us: mqtt_close() cannot destroy the client
+		 * before this returns. */
+		resubscribe_and_announce(m, client, v5);
+		pthread_mutex_lock(&m->lock);
+		signal_loop(m);
+	}
+	cb_leave(m);
+}
+
+/* lock held: every publish in flight will not be confirmed on this
+ * connection; the loop resends them after the next connect. */
+static void fail_inflight(struct mqtt *m)
+{
+	for (unsigned i = 0; i < m->window; i++) {
+		struct slot *s = &m->slots[i];
+		if (!s->busy)
+			continue;
+		s->busy = false;
+		m->failed[m->n_failed++] = s->tag;
+		m->ring[(m->ring_head + m->ring_count++) % m->window] = i;
+	}
+}
+
+static void on_lost(void *ctx, char *cause)
+{
+	struct mqtt *m = ctx;
+
+	cb_enter(m);
+	if (m->connected) {
+		m->connected = false;
+		m->losses++;
+		fail_inflight(m);
+		if (!m->closing)
+			log_warnx("MQTT-LOST connection to %s%s%s; reconnecting", m->uri,
+			          cause ? ": " : "", cause ? cause : "");
+		signal_loop(m);
+	}
+	cb_leave(m);
+}
+
+static void on_connect_fail5(void *ctx, MQTTAsync_failureData5 *r)
+{
+	struct mqtt *m = ctx;
+
+	cb_enter(m);
+	/* A broker that knows only 3.1.1 answers a version 5 CONNECT with the
+	 * 3.1.1 return code 1; a version 5 broker that will not speak 5 uses
+	 * reason code 0x84. */
+	if (r->reasonCode == MQTTREASONCODE_UNSUPPORTED_PROTOCOL_VERSION ||
+	    r->reasonCode == 1 || r->code == 1) {
+		if (m->v5 && !m->ever_connected && !m->want_fallback) {
+			m->want_fallback = true;
+			signal_loop(m);
+		}
+	} else {
+		log_warnx("MQTT-CONNECT to %s failed: %s%s%s; retrying", m->uri,
+		          r->code ? paho_text(r->code) : reason_text(r->reasonCode),
+		          r->message ? ": " : "", r->message ? r->message : "");
+	}
+	cb_leave(m);
+}
+
+static void on_connect_fail3(void *ctx, MQTTAsync_failureData *r)
+{
+	struct mqtt *m = ctx;
+
+	cb_enter(m);
+	log_warnx("MQTT-CONNECT to %s failed: %s%s%s; retrying", m->uri, paho_text(r->code),
+	          r->message ? ": " : "", r->message ? r->message : "");
+	cb_leave(m);
+}
+
+static void on_disc_ok5(void *ctx, MQTTAsync_successData5 *r)
+{
+	struct mqtt *m = ctx;
+	cb_enter(m);
+	m->disc_done = true;
+	pthread_cond_broadcast(&m->cond);
+	cb_leave(m);
+}
+
+static void on_disc_fail5(void *ctx, MQTTAsync_failureData5 *r)
+{
+	on_disc_ok5(ctx, NULL);
+}
+
+static void on_disc_ok3(void *ctx, MQTTAsync_successData *r)
+{
+	on_disc_ok5(ctx, NULL);
+}
+
+static void on_disc_fail3(void *ctx, MQTTAsync_failureData *r)
+{
+	on_disc_ok5(ctx, NULL);
+}
+
+static int ssl_error_cb(const char *str, size_t len, void *u)
+{
+	log_warnx("MQTT-TLS %.*s", (int)(len > INT_MAX ? INT_MAX : len), str);
+	return 0;
+}
+
+/* Create the paho client for the current protocol version and start
+ * connecting. Loop thread; lock not held. */
+static int client_start(struct mqtt *m)
+{
+	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+	MQTTAsync_connectOptions o = MQTTAsync_connectOptions_initializer5;
+	MQTTAsync_connectOptions o3 = MQTTAsync_connectOptions_initializer;
+	MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
+	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+	MQTTProperties props = MQTTProperties_initializer;
+	MQTTProperty expiry = { .identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL };
+	MQTTAsync client = NULL;
+	int rc;
+
+	/* Pinned versions only: MQTTVERSION_DEFAULT's own fallback duplicates
+	 * tokens (paho #1187). */
+	co.MQTTVersion = m->v5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
+	co.sendWhileDisconnected = 0;
+	/* paho applies this bound while connected too: leave room for the
+	 * window plus the online message and subscribe commands. */
+	co.maxBufferedMessages = (int)m->window + 16;
+	rc = MQTTAsync_createWithOptions(&client, m->uri, m->client_id,
+	                                 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+	if (rc != MQTTASYNC_SUCCESS) {
+		log_warnx("mqtt: cannot create client for %s: %s", m->uri, paho_text(rc));
+		return map_paho(rc);
+	}
+	/* messageArrived before connecting: a resumed session replays its
+	 * queue straight after CONNACK. */
+	rc = MQTTAsync_setCallbacks(client, m, on_lost, on_message, NULL);
+	if (rc == MQTTASYNC_SUCCESS)
+		rc = MQTTAsync_setConnected(client, m, on_connected);
+	if (rc != MQTTASYNC_SUCCESS)
+		goto fail;
+
+	if (!m->v5)
+		o = o3;
+	o.keepAliveInterval = m->keepalive_s;
+	o.connectTimeout = CONNECT_TIMEOUT_S;
+	o.retryInterval = 0;
+	o.automaticReconnect = 1;
+	o.minRetryInterval = m->rmin_s;
+	o.maxRetryInterval = m->rmax_s;
+	o.username = m->username;
+	o.password = m->password;
+	o.context = m;
+	if (m->v5) {
+		o.MQTTVersion = MQTTVERSION_5;
+		o.cleanstart = 0; /* cleansession=1 is refused for v5 (-15) */
+		o.cleansession = 0;
+		expiry.value.integer4 = m->expiry_s;
+		if (MQTTProperties_add(&props, &expiry) != 0) {
+			rc = MQTTASYNC_FAILURE;
+			goto fail;
+		}
+		o.connectProperties = &props;
+		o.onFailure5 = on_connect_fail5;
+	} else {
+		o.MQTTVersion = MQTTVERSION_3_1_1;
+		o.cleansession = 0;
+		o.onFailure = on_connect_fail3;
+	}
+	if (m->will_topic) {
+		will.topicName = m->will_topic;
+		will.message = NULL;
+		will.payload.data = m->will_payload;
+		will.payload.len = (int)m->will_len;
+		will.retained = 1;
+		will.qos = 1;
+		o.will = &will;
+	}
+	if (!strncmp(m->uri, "ssl://", 6) || !strncmp(m->uri, "mqtts://", 8)) {
+		ssl.trustStore = m->ca;
+		ssl.keyStore = m->cert;
+		ssl.privateKey = m->key;
+		ssl.enableServerCertAuth = 1;
+		ssl.verify = 1; /* the certificate must name the host */
+		ssl.ssl_error_cb = ssl_error_cb;
+		ssl.ssl_error_context = m;
+		o.ssl = &ssl;
+	}
+
+	pthread_mutex_lock(&m->lock);
+	m->client = client;
+	pthread_mutex_unlock(&m->lock);
+	rc = MQTTAsync_connect(client, &o);
+	MQTTProperties_free(&props);
+	if (rc != MQTTASYNC_SUCCESS) {
+		pthread_mutex_lock(&m->lock);
+		m->client = NULL;
+		pthread_mutex_unlock(&m->lock);
+		goto fail_logged;
+	}
+	return 0;
+
+fail:
+	MQTTProperties_free(&props);
+fail_logged:
+	log_warnx("mqtt: cannot start client for %s: %s", m->uri, paho_text(rc));
+	MQTTAsync_destroy(&client);
+	return map_paho(rc);
+}
+
+/* ---- ending the connection without paho ----------------------------------- */
+
+static size_t put_u16(uint8_t *p, size_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+	return 2;
+}
+
+static size_t put_str(uint8_t *p, const char *s)
+{
+	size_t len = strlen(s);
+	put_u16(p, len);
+	memcpy(p + 2, s, len);
+	return len + 2;
+}
+
+static int dial(const char *uri)
+{
+	const char *hp = strstr(uri, "://") + 3;
+	char host[256], port[16];
+	const char *colon;
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
+	int fd = -1;
+
+	if (*hp == '[') { /* [v6]:port */
+		const char *end = strchr(hp, ']');
+		if (!end || end[1] != ':' || (size_t)(end - hp - 1) >= sizeof host)
+			return -1;
+		snprintf(host, sizeof host, "%.*s", (int)(end - hp - 1), hp + 1);
+		colon = end + 1;
+	} else {
+		if (!(colon = strrchr(hp, ':')) || (size_t)(colon - hp) >= sizeof host)
+			return -1;
+		snprintf(host, sizeof host, "%.*s", (int)(colon - hp), hp);
+	}
+	snprintf(port, sizeof port, "%.*s", (int)strcspn(colon + 1, "/"), colon + 1);
+	if (getaddrinfo(host, port, &hints, &ai) != 0)
+		return -1;
+	for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
+		struct pollfd p = { .events = POLLOUT };
+		int e = 0;
+		socklen_t el = sizeof e;
+
+		if ((fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
+			continue;
+		p.fd = fd;
+		if ((connect(fd, a->ai_addr, a->ai_addrlen) == 0 ||
+		     (errno == EINPROGRESS && poll(&p, 1, 3000) == 1 &&
+		      getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) == 0 && e == 0)))
+			break;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
+	return fd;
+}
+
+static bool send_all(int fd, const uint8_t *p, size_t len)
+{
+	while (len) {
+		struct pollfd pf = { .fd = fd, .events = POLLOUT };
+		ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
+		if (w > 0) {
+			p += w;
+			len -= (size_t)w;
+		} else if (w < 0 && errno == EAGAIN && poll(&pf, 1, 3000) == 1) {
+			continue;
+		} else {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Connect with our client id (clean start off, same session expiry) so the
+ * broker closes the paho connection, then disconnect normally: the session,
+ * with the unacknowledged message, stays at the broker. Any thread; no paho
+ * call. */
+static void takeover(struct mqtt *m)
+{
+	size_t cap = 64 + strlen(m->client_id) + (m->username ? strlen(m->username) : 0) +
+	             (m->password ? strlen(m->password) : 0);
+	uint8_t *buf, *p, hdr[5], ack[4];
+	size_t body, hl = 1, got = 0;
+	int fd;
+
+	if (strncmp(m->uri, "tcp://", 6) && strncmp(m->uri, "mqtt://", 7)) {
+		log_error("MQTT-CLOSE cannot end a TLS connection before paho acknowledges "
+		          "an uncommitted message; it may be lost");
+		return;
+	}
+	if (!(buf = malloc(cap)))
+		return;
+	p = buf;
+	p += put_str(p, "MQTT");
+	*p++ = m->v5 ? 5 : 4;
+	*p++ = (uint8_t)((m->username ? 0x80 : 0) | (m->password ? 0x40 : 0)); /* clean off */
+	p += put_u16(p, 0); /* no keepalive */
+	if (m->v5) {
+		*p++ = 5; /* properties: session expiry */
+		*p++ = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
+		*p++ = (uint8_t)(m->expiry_s >> 24);
+		*p++ = (uint8_t)(m->expiry_s >> 16);
+		*p++ = (uint8_t)(m->expiry_s >> 8);
+		*p++ = (uint8_t)m->expiry_s;
+	}
+	p += put_str(p, m->client_id);
+	if (m->username)
+		p += put_str(p, m->username);
+	if (m->password)
+		p += put_str(p, m->password);
+	body = (size_t)(p - buf);
+	hdr[0] = 0x10;
+	for (size_t v = body; ; ) {
+		hdr[hl] = (uint8_t)(v & 0x7f);
+		v >>= 7;
+		if (v)
+			hdr[hl] |= 0x80;
+		hl++;
+		if (!v || hl == 5)
+			break;
+	}
+	if ((fd = dial(m->uri)) < 0) {
+		log_warnx("MQTT-CLOSE cannot reach %s to end the session's connection", m->uri);
+		free(buf);
+		return;
+	}
+	if (send_all(fd, hdr, hl) && send_all(fd, buf, body)) {
+		/* The CONNACK means the broker has already closed the old
+		 * connection. */
+		while (got < sizeof ack) {
+			struct pollfd pf = { .fd = fd, .events = POLLIN };
+			ssize_t r;
+			if (poll(&pf, 1, 3000) != 1 || (r = recv(fd, ack + got, sizeof ack - got, 0)) <= 0)
+				break;
+			got += (size_t)r;
+		}
+		if (got == sizeof ack && ack[0] == 0x20) {
+			static const uint8_t disc[] = { 0xe0, 0x00 };
+			send_all(fd, disc, sizeof disc);
+		} else {
+			log_warnx("MQTT-CLOSE session takeover at %s got no CONNACK", m->uri);
+		}
+	}
+	close(fd);
+	free(buf);
+}
+
+/* ---- the publishing worker ------------------------------------------------- */
+
+/* lock held: the slot's publish will not be confirmed. */
+static void slot_fail(struct mqtt *m, struct slot *s)
+{
+	s->busy = false;
+	m->failed[m->n_failed++] = s->tag;
+	m->ring[(m->ring_head + m->ring_count++) % m->window] = (unsigned)(s - m->slots);
+	signal_loop(m);
+}
+
+static int send_one(MQTTAsync client, bool v5, const struct pubreq *r, struct slot *s, int *token)
+{
+	MQTTAsync_message msg = MQTTAsync_message_initializer;
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	MQTTProperties props = MQTTProperties_initializer;
+	int rc = MQTTASYNC_SUCCESS;
+
+	if (v5) {
+		MQTTProperty p;
+		if (r->expiry_s) {
+			memset(&p, 0, sizeof p);
+			p.identifier = MQTTPROPERTY_CODE_MESSAGE_EXPIRY_INTERVAL;
+			p.value.integer4 = r->expiry_s;
+			rc = MQTTProperties_add(&props, &p) ? MQTTASYNC_FAILURE : rc;
+		}
+		if (rc == MQTTASYNC_SUCCESS && r->content_type) {
+			memset(&p, 0, sizeof p);
+			p.identifier = MQTTPROPERTY_CODE_CONTENT_TYPE;
+			p.value.data.data = r->content_type;
+			p.value.data.len = (int)strlen(r->content_type);
+			rc = MQTTProperties_add(&props, &p) ? MQTTASYNC_FAILURE : rc;
+		}
+		if (rc == MQTTASYNC_SUCCESS && r->correlation) {
+			memset(&p, 0, sizeof p);
+			p.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA;
+			p.value.data.data = r->correlation;
+			p.value.data.len = (int)r->correlation_len;
+			rc = MQTTProperties_add(&props, &p) ? MQTTASYNC_FAILURE : rc;
+		}
+	}
+	msg.payload = r->payload;
+	msg.payloadlen = (int)r->len;
+	msg.qos = 1;
+	msg.retained = r->retain;
+	msg.properties = props;
+	ro.context = s;
+	if (v5) {
+		ro.onSuccess5 = on_pub_ok5;
+		ro.onFailure5 = on_pub_fail5;
+	} else {
+		ro.onSuccess = on_pub_ok3;
+		ro.onFailure = on_pub_fail3;
+	}
+	if (rc == MQTTASYNC_SUCCESS)
+		rc = MQTTAsync_sendMessage(client, r->topic, &msg, &ro);
+	MQTTProperties_free(&props);
+	*token = ro.token;
+	return rc;
+}
+
+static void *worker_main(void *arg)
+{
+	struct mqtt *m = arg;
+
+	pthread_mutex_lock(&m->lock);
+	while (!m->worker_stop) {
+		struct pubreq *r = m->pq_head;
+		struct slot *s;
+		MQTTAsync client;
+		bool v5;
+		int rc, token = -1;
+
+		if (!r) {
+			pthread_cond_wait(&m->cond, &m->lock);
+			continue;
+		}
+		if (!(m->pq_head = r->next))
+			m->pq_tail = &m->pq_head;
+		s = &m->slots[r->idx];
+		if (!s->busy || s->gen != r->gen) { /* failed by a connection loss */
+			free(r);
+			continue;
+		}
+		client = m->client;
+		v5 = m->v5;
+		pthread_mutex_unlock(&m->lock);
+		/* May wait while a delivery waits for the loop (paho's mutex);
+		 * that is why this is not the loop's thread. */
+		rc = send_one(client, v5, r, s, &token);
+		pthread_mutex_lock(&m->lock);
+		if (s->busy && s->gen == r->gen) {
+			if (rc == MQTTASYNC_SUCCESS) {
+				if (s->token == -1)
+					s->token = token;
+			} else {
+				if (rc != MQTTASYNC_DISCONNECTED)
+					log_warnx("MQTT-PUBLISH %s: %s", r->topic, paho_text(rc));
+				slot_fail(m, s);
+			}
+		}
+		free(r);
+	}
+	pthread_mutex_unlock(&m->lock);
+	return NULL;
+}
+
+/* ---- open / close --------------------------------------------------------- */
+
+static void opts_free(struct mqtt *m)
+{
+	free(m->uri);
+	free(m->client_id);
+	free(m->username);
+	free(m->password);
+	free(m->ca);
+	free(m->cert);
+	free(m->key);
+	for (int i = 0; m->subs && i < m->n_subs; i++)
+		free(m->subs[i]);
+	free(m->subs);
+	free(m->sub_qos);
+	free(m->will_topic);
+	free(m->will_payload);
+	free(m->online_topic);
+	free(m->online_payload);
+	free(m->slots);
+	free(m->ring);
+	free(m->delivered);
+	free(m->failed);
+}
+
+static bool uri_ok(const char *uri)
+{
+	static const char *const schemes[] = { "tcp://", "mqtt://", "ssl://", "mqtts://" };
+
+	for (size_t i = 0; i < sizeof schemes / sizeof schemes[0]; i++)
+		if (!strncmp(uri, schemes[i], strlen(schemes[i])) && uri[strlen(schemes[i])])
+			return true;
+	return false;
+}
+
+int mqtt_open(const struct mqtt_opts *opts, struct mqtt **out)
+{
+	struct mqtt *m;
+	pthread_condattr_t ca;
+	int err = 0;
+
+	if (!opts || !out || !opts->uri || !opts->client_id || !*opts->client_id ||
+	    !uri_ok(opts->uri) || opts->keepalive_s < 0 || opts->reconnect_min_s < 0 ||
+	    opts->reconnect_max_s < 0 || opts->n_subs > 1024 || (opts->n_subs && !opts->subs) ||
+	    (opts->will_topic && !*opts->will_topic) || opts->will_len > INT_MAX ||
+	    (opts->will_len && !opts->will_payload) || opts->online_len > INT_MAX ||
+	    (opts->online_len && !opts->online_payload) || opts->max_inflight > 65535)
+		return -EINVAL;
+	for (size_t i = 0; i < opts->n_subs; i++)
+		if (!opts->subs[i] || !*opts->subs[i])
+			return -EINVAL;
+
+	if (!(m = calloc(1, sizeof *m)))
+		return -ENOMEM;
+	m->efd = -1;
+	m->v5 = true;
+	m->qtail = &m->qhead;
+	m->pq_tail = &m->pq_head;
+	m->keepalive_s = opts->keepalive_s ? opts->keepalive_s : DEF_KEEPALIVE_S;
+	m->expiry_s = opts->session_expiry_s ? opts->session_expiry_s : DEF_EXPIRY_S;
+	m->rmin_s = opts->reconnect_min_s ? opts->reconnect_min_s : DEF_RECONNECT_MIN_S;
+	m->rmax_s = opts->reconnect_max_s ? opts->reconnect_max_s : DEF_RECONNECT_MAX_S;
+	if (m->rmax_s < m->rmin_s)
+		m->rmax_s = m->rmin_s;
+	m->window = opts->max_inflight ? opts->max_inflight : DEF_WINDOW;
+	m->refuse_ms = opts->refuse_retry_ms ? opts->refuse_retry_ms : DEF_REFUSE_MS;
+	m->online_slot.m = m;
+
+	m->uri = dup_or_null(opts->uri, &err);
+	m->client_id = dup_or_null(opts->client_id, &err);
+	m->username = dup_or_null(opts->username, &err);
+	m->password = dup_or_null(opts->password, &err);
+	m->ca = dup_or_null(opts->ca_file, &err);
+	m->cert = dup_or_null(opts->cert_file, &err);
+	m->key = dup_or_null(opts->key_file, &err);
+	m->will_topic = dup_or_null(opts->will_topic, &err);
+	if (opts->will_topic)
+		m->will_payload = memdup_or_null(opts->will_len ? opts->will_payload : "",
+		                                 opts->will_len, &err);
+	m->will_len = opts->will_len;
+	m->online_topic = dup_or_null(opts->online_topic, &err);
+	if (opts->online_topic)
+		m->online_payload = memdup_or_null(opts->online_len ? opts->online_payload : "",
+		                                   opts->online_len, &err);
+	m->online_len = opts->online_len;
+	m->n_subs = (int)opts->n_subs;
+	if (m->n_subs) {
+		m->subs = calloc(opts->n_subs, sizeof *m->subs);
+		m->sub_qos = calloc(opts->n_subs, sizeof *m->sub_qos);
+		if (!m->subs || !m->sub_qos)
+			err = -ENOMEM;
+		for (int i = 0; !err && i < m->n_subs; i++) {
+			m->subs[i] = dup_or_null(opts->subs[i], &err);
+			m->sub_qos[i] = 1;
+		}
+	}
+	m->slots = calloc(m->window, sizeof *m->slots);
+	m->ring = calloc(m->window, sizeof *m->ring);
+	m->delivered = calloc(m->window, sizeof *m->delivered);
+	m->failed = calloc(m->window, sizeof *m->failed);
+	if (!m->slots || !m->ring || !m->delivered || !m->failed)
+		err = -ENOMEM;
+	if (err)
+		goto fail;
+	for (unsigned i = 0; i < m->window; i++) {
+		m->slots[i].m = m;
+		m->ring[i] = i;
+	}
+	m->ring_count = m->window;
+
+	if ((m->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+		err = -errno;
+		goto fail;
+	}
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&m->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_mutex_init(&m->lock, NULL);
+
+	if ((err = -pthread_create(&m->worker, NULL, worker_main, m)) != 0) {
+		pthread_cond_destroy(&m->cond);
+		pthread_mutex_destroy(&m->lock);
+		goto fail;
+	}
+	m->worker_started = true;
+	if ((err = client_start(m)) != 0) {
+		mqtt_close(m, 0);
+		return err;
+	}
+	*out = m;
+	return 0;
+
+fail:
+	if (m->efd >= 0)
+		close(m->efd);
+	opts_free(m);
+	free(m);
+	return err;
+}
+
+void mqtt_close(struct mqtt *m, int timeout_ms)
+{
+	MQTTAsync client;
+	struct timespec ts;
+	int rc;
+
+	if (!m)
+		return;
+	/* 1. Give back every delivery waiting for the loop: each callback ends
+	 *    the connection (takeover) before it returns, so nothing
+	 *    uncommitted is acknowledged; later deliveries do the same. */
+	pthread_mutex_lock(&m->lock);
+	m->closing = true;
+	for (struct inbound *n = m->live; n; n = n->lnext)
+		if (n->verdict == V_PENDING)
+			n->verdict = V_ABORT;
+	while (m->qhead) {
+		struct inbound *n = (struct inbound *)m->qhead;
+		m->qhead = n->msg.next;
+		n->queued = false;
+		inbound_unref(m, n);
+	}
+	m->qtail = &m->qhead;
+	m->worker_stop = true;
+	pthread_cond_broadcast(&m->cond);
+	client = m->client;
+	pthread_mutex_unlock(&m->lock);
+
+	/* 2. The worker may be inside paho, waiting for those callbacks. */
+	if (m->worker_started)
+		pthread_join(m->worker, NULL);
+
+	/* 3. A normal DISCONNECT: the broker keeps the session and drops the
+	 *    will. Publishes in flight get up to timeout_ms. */
+	if (client && MQTTAsync_isConnected(client)) {
+		MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
+		MQTTAsync_disconnectOptions d3 = MQTTAsync_disconnectOptions_initializer;
+
+		if (!m->v5)
+			d = d3;
+		d.timeout = timeout_ms > 0 ? timeout_ms : 0;
+		d.context = m;
+		if (m->v5) {
+			d.onSuccess5 = on_disc_ok5;
+			d.onFailure5 = on_disc_fail5;
+		} else {
+			d.onSuccess = on_disc_ok3;
+			d.onFailure = on_disc_fail3;
+		}
+		rc = MQTTAsync_disconnect(client, &d);
+		if (rc == MQTTASYNC_SUCCESS) {
+			deadline_in(&ts, (timeout_ms > 0 ? timeout_ms : 0) + 2000L);
+			pthread_mutex_lock(&m->lock);
+			while (!m->disc_done &&
+			       pthread_cond_timedwait(&m->cond, &m->lock, &ts) != ETIMEDOUT)
+				;
+			pthread_mutex_unlock(&m->lock);
+		} else {
+			log_warnx("mqtt: disconnect: %s", paho_text(rc));
+		}
+	}
+
+	/* 4. Never inside a callback: this is the loop thread. */
+	if (client)
+		MQTTAsync_destroy(&client);
+	pthread_mutex_lock(&m->lock);
+	m->client = NULL;
+	while (m->in_cb > 0)
+		pthread_cond_wait(&m->cond, &m->lock);
+	/* Only the loop's references remain: messages it took and never gave
+	 * back; and publishes the worker never sent. */
+	while (m->live)
+		live_remove_and_free(m, m->live);
+	while (m->pq_head) {
+		struct pubreq *r = m->pq_head;
+		m->pq_head = r->next;
+		free(r);
+	}
+	pthread_mutex_unlock(&m->lock);
+
+	pthread_cond_destroy(&m->cond);
+	pthread_mutex_destroy(&m->lock);
+	close(m->efd);
+	opts_free(m);
+	free(m);
+}
+
+int mqtt_fd(const struct mqtt *m)
+{
+	return m->efd;
+}
+
+void mqtt_take_events(struct mqtt *m, struct mqtt_events *ev)
+{
+	uint64_t v;
+	bool fallback;
+	MQTTAsync old;
+
+	while (read(m->efd, &v, sizeof v) == (ssize_t)sizeof v)
+		;
+	pthread_mutex_lock(&m->lock);
+	ev->connects = m->connects;
+	ev->losses = m->losses;
+	ev->subacks = m->subacks;
+	m->connects = m->losses = m->subacks = 0;
+	fallback = m->want_fallback && !m->ever_connected && m->v5 && !m->closing;
+	old = m->client;
+	pthread_mutex_unlock(&m->lock);
+
+	if (fallback) {
+		/* The broker refused MQTT 5 before we ever connected, so no
+		 * delivery can be blocked in on_message: safe to replace the
+		 * client here, on the loop thread. */
+		log_warnx("MQTT-FALLBACK %s refuses MQTT 5; using 3.1.1 (no message "
+		          "expiry, no response topics)", m->uri);
+		MQTTAsync_destroy(&old);
+		pthread_mutex_lock(&m->lock);
+		m->client = NULL;
+		m->v5 = false;
+		m->want_fallback = false;
+		pthread_mutex_unlock(&m->lock);
+		if (client_start(m) != 0)
+			log_error("MQTT-FALLBACK cannot restart the client; MQTT is down");
+	}
+	pthread_mutex_lock(&m->lock);
+	ev->connected = m->connected;
+	pthread_mutex_unlock(&m->lock);
+}
+
+bool mqtt_is_v5(struct mqtt *m)
+{
+	bool v;
+
+	pthread_mutex_lock(&m->lock);
+	v = m->v5;
+	pthread_mutex_unlock(&m->lock);
+	return v;
+}
+
+/* ---- publishing ----------------------------------------------------------- */
+
+/* A report for slot s with paho token tok; ok = PUBACK without error. */
+static void pub_report(struct slot *s, int tok, bool ok, int code, int reason)
+{
+	struct mqtt *m = s->m;
+
+	cb_enter(m);
+	if (s == &m->online_slot) {
+		if (!ok)
+			log_warnx("MQTT-ONLINE publish failed: %s",
+			          code ? paho_text(code) : reason_text(reason));
+	} else if (s->busy && (s->token == tok || s->token == -1)) {
+		unsigned i = (unsigned)(s - m->slots);
+
+		s->busy = false;
+		if (ok)
+			m->delivered[m->n_delivered++] = s->tag;
+		else
+			m->failed[m->n_failed++] = s->tag;
+		m->ring[(m->ring_head + m->ring_count++) % m->window] = i;
+		if (!ok)
+			log_warnx("MQTT-PUBLISH not acknowledged: %s",
+			          code ? paho_text(code) : reason_text(reason));
+		signal_loop(m);
+	}
+	cb_leave(m);
+}
+
+static void on_pub_ok5(void *ctx, MQTTAsync_successData5 *r)
+{
+	/* A PUBACK reason code >= 0x80 is a refusal (not authorized, quota). */
+	pub_report(ctx, r->token, r->reasonCode < 0x80, 0, r->reasonCode);
+}
+
+static void on_pub_fail5(void *ctx, MQTTAsync_failureData5 *r)
+{
+	pub_report(ctx, r->token, false, r->code, r->reasonCode);
+}
+
+static void on_pub_ok3(void *ctx, MQTTAsync_successData *r)
+{
+	pub_report(ctx, r->token, true, 0, 0);
+}
+
+static void on_pub_fail3(void *ctx, MQTTAsync_failureData *r)
+{
+	pub_report(ctx, r->token, false, r->code, 0);
+}
+
+int mqtt_publish(struct mqtt *m, const struct mqtt_pub *pub)
+{
+	size_t tlen, ctl = 0, need;
+	struct pubreq *r;
+	struct slot *s;
+	char *p;
+
+	if (!pub || !pub->topic || !*pub->topic || (pub->len && !pub->payload) ||
+	    strpbrk(pub->topic, "+#") || (pub->correlation && pub->correlation_len > 65535))
+		return -EINVAL;
+	if ((tlen = strlen(pub->topic)) > 65535 ||
+	    (pub->content_type && (ctl = strlen(pub->content_type)) > 65535))
+		return -EINVAL;
+	if (pub->len > 268435455) /* the largest MQTT packet */
+		return -EMSGSIZE;
+	need = sizeof *r + tlen + 1 + pub->len + ctl + 1 + pub->correlation_len;
+	if (!(r = calloc(1, need)))
+		return -ENOMEM;
+	p = (char *)(r + 1);
+	r->topic = memcpy(p, pub->topic, tlen + 1);
+	p += tlen + 1;
+	r->payload = p;
+	if (pub->len)
+		memcpy(p, pub->payload, pub->len);
+	p += pub->len;
+	r->len = pub->len;
+	if (pub->content_type) {
+		r->content_type = memcpy(p, pub->content_type, ctl + 1);
+		p += ctl + 1;
+	}
+	if (pub->correlation) {
+		r->correlation = p;
+		r->correlation_len = pub->correlation_len;
+		if (pub->correlation_len)
+			memcpy(p, pub->correlation, pub->correlation_len);
+	}
+	r->retain = pub->retain;
+	r->expiry_s = pub->expiry_s;
+
+	pthread_mutex_lock(&m->lock);
+	if (!m->connected || m->closing) {
+		pthread_mutex_unlock(&m->lock);
+		free(r);
+		return -ENOTCONN;
+	}
+	if (m->inflight >= m->window || m->ring_count == 0) {
+		pthread_mutex_unlock(&m->lock);
+		free(r);
+		return -EAGAIN;
+	}
+	r->idx = m->ring[m->ring_head];
+	m->ring_head = (m->ring_head + 1) % m->window;
+	m->ring_count--;
+	s = &m->slots[r->idx];
+	s->busy = true;
+	s->token = -1;
+	s->tag = pub->tag;
+	r->gen = ++s->gen;
+	*m->pq_tail = r;
+	m->pq_tail = &r->next;
+	m->inflight++;
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+bool mqtt_can_publish(struct mqtt *m)
+{
+	bool ok;
+
+	pthread_mutex_lock(&m->lock);
+	ok = m->connected && m->inflight < m->window && m->ring_count > 0;
+	pthread_mutex_unlock(&m->lock);
+	return ok;
+}
+
+unsigned mqtt_inflight(struct mqtt *m)
+{
+	return m->inflight;
+}
+
+static size_t take_tags(struct mqtt *m, uint64_t *q, size_t *n, uint64_t *tags, size_t max)
+{
+	size_t k;
+
+	pthread_mutex_lock(&m->lock);
+	k = *n < max ? *n : max;
+	memcpy(tags, q, k * sizeof *tags);
+	memmove(q, q + k, (*n - k) * sizeof *q);
+	*n -= k;
+	m->inflight -= (unsigned)k;
+	pthread_mutex_unlock(&m->lock);
+	return k;
+}
+
+size_t mqtt_take_delivered(struct mqtt *m, uint64_t *tags, size_t max)
+{
+	return take_tags(m, m->delivered, &m->n_delivered, tags, max);
+}
+
+size_t mqtt_take_failed(struct mqtt *m, uint64_t *tags, size_t max)
+{
+	return take_tags(m, m->failed, &m->n_failed, tags, max);
+}
