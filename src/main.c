@@ -9,6 +9,7 @@
  * then are the inbound messages acknowledged to the broker.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -506,6 +507,10 @@ int main(int argc, char **argv)
 	bool check_only = false;
 	int ret = 1, rc;
 
+	/* paho resets a closed socket's variable to 0, and a late write would then
+	 * go to fd 0: make sure that is /dev/null, never a socket of ours. */
+	if (fcntl(STDIN_FILENO, F_GETFD) < 0)
+		(void)!open("/dev/null", O_RDWR);
 	if (load_config(&d, argc, argv, &check_only) < 0) {
 		config_fini(&d.cfg);
 		return 2;

@@ -96,6 +96,7 @@ struct pubreq {
 	bool retain;
 	uint32_t expiry_s;
 	char *content_type;
+	char *response_topic;
 	void *correlation;
 	size_t correlation_len;
 };
@@ -944,6 +945,13 @@ static int send_one(MQTTAsync client, bool v5, const struct pubreq *r, struct sl
 			p.value.data.len = (int)strlen(r->content_type);
 			rc = MQTTProperties_add(&props, &p) ? MQTTASYNC_FAILURE : rc;
 		}
+		if (rc == MQTTASYNC_SUCCESS && r->response_topic) {
+			memset(&p, 0, sizeof p);
+			p.identifier = MQTTPROPERTY_CODE_RESPONSE_TOPIC;
+			p.value.data.data = r->response_topic;
+			p.value.data.len = (int)strlen(r->response_topic);
+			rc = MQTTProperties_add(&props, &p) ? MQTTASYNC_FAILURE : rc;
+		}
 		if (rc == MQTTASYNC_SUCCESS && r->correlation) {
 			memset(&p, 0, sizeof p);
 			p.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA;
@@ -1350,7 +1358,7 @@ static void on_pub_fail3(void *ctx, MQTTAsync_failureData *r)
 
 int mqtt_publish(struct mqtt *m, const struct mqtt_pub *pub)
 {
-	size_t tlen, ctl = 0, need;
+	size_t tlen, ctl = 0, rtl = 0, need;
 	struct pubreq *r;
 	struct slot *s;
 	char *p;
@@ -1359,11 +1367,12 @@ int mqtt_publish(struct mqtt *m, const struct mqtt_pub *pub)
 	    strpbrk(pub->topic, "+#") || (pub->correlation && pub->correlation_len > 65535))
 		return -EINVAL;
 	if ((tlen = strlen(pub->topic)) > 65535 ||
-	    (pub->content_type && (ctl = strlen(pub->content_type)) > 65535))
+	    (pub->content_type && (ctl = strlen(pub->content_type)) > 65535) ||
+	    (pub->response_topic && (rtl = strlen(pub->response_topic)) > 65535))
 		return -EINVAL;
 	if (pub->len > 268435455) /* the largest MQTT packet */
 		return -EMSGSIZE;
-	need = sizeof *r + tlen + 1 + pub->len + ctl + 1 + pub->correlation_len;
+	need = sizeof *r + tlen + 1 + pub->len + ctl + 1 + rtl + 1 + pub->correlation_len;
 	if (!(r = calloc(1, need)))
 		return -ENOMEM;
 	p = (char *)(r + 1);
@@ -1377,6 +1386,10 @@ int mqtt_publish(struct mqtt *m, const struct mqtt_pub *pub)
 	if (pub->content_type) {
 		r->content_type = memcpy(p, pub->content_type, ctl + 1);
 		p += ctl + 1;
+	}
+	if (pub->response_topic) {
+		r->response_topic = memcpy(p, pub->response_topic, rtl + 1);
+		p += rtl + 1;
 	}
 	if (pub->correlation) {
 		r->correlation = p;

@@ -106,6 +106,7 @@ struct mqtt_pub {
 	bool retain;
 	uint32_t expiry_s;          /* message expiry; 0 = none (MQTT 5 only) */
 	const char *content_type;   /* NULL = none (MQTT 5 only) */
+	const char *response_topic; /* NULL = none (MQTT 5 only): makes it a request */
 	const void *correlation;    /* correlation data; NULL = none (MQTT 5 only) */
 	size_t correlation_len;
 	uint64_t tag;               /* the caller's id, reported back once */
