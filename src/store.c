@@ -78,12 +78,16 @@ struct store_txn {
 	bool map_full;            /* sticky: an LMDB call hit MAP_FULL */
 	struct meta *m;           /* write txns: the cached counters */
 	bool m_loaded;
+	size_t base_pages;        /* txn_pages() when first asked (near_full) */
+	bool base_set;
 	char **dirty_wf;          /* workflows whose counts this operation changed */
 	size_t ndirty, capdirty;
 };
 
 /* ------------------------------------------------------------------------ */
 /* LMDB error translation */
+
+static size_t txn_pages(struct store_txn *t);
 
 static int xl(struct store_txn *t, int rc)
 {
@@ -970,6 +974,10 @@ int store_write(struct store *s, store_txn_fn fn, void *arg)
 		int rc = mdb_txn_begin(s->env, NULL, 0, &t.txn);
 		if (rc)
 			return xl(&t, rc);
+		if (s->map_size >= s->max_map_size) {
+			t.base_pages = txn_pages(&t);
+			t.base_set = true;
+		}
 		rc = fn(&t, arg);
 		if (rc == 0 && !t.map_full)
 			rc = meta_flush(&t);
@@ -1026,7 +1034,8 @@ int store_nested(struct store_txn *t, store_txn_fn fn, void *arg)
 	struct meta m;
 	if (t->m_loaded)
 		m = *t->m;
-	struct store_txn c = { .s = t->s, .write = true, .m = &m, .m_loaded = t->m_loaded };
+	struct store_txn c = { .s = t->s, .write = true, .m = &m, .m_loaded = t->m_loaded,
+			       .base_pages = t->base_pages, .base_set = t->base_set };
 	int rc = mdb_txn_begin(t->s->env, t->txn, 0, &c.txn);
 	if (rc)
 		return xl(t, rc);
@@ -1370,6 +1379,8 @@ static int apply(struct store_txn *t, struct trec *x, enum task_state to,
 
 	r->state = to;
 	r->updated_ms = now;
+	if (to != TS_ACCEPTED && to != TS_WAITING)
+		r->unfinished = 0; /* counted only while it waits (store_check) */
 	if ((rc = history_add(t, x, from, to, now, detail)) < 0 || (rc = task_save(t, x)) < 0)
 		return rc;
 
@@ -1573,6 +1584,16 @@ static int propagate(struct store_txn *t, struct worklist *wl, int64_t now)
 /* ------------------------------------------------------------------------ */
 /* Transitions and operator actions */
 
+/* Moves only the DAG makes: into waiting or skipped, out of skipped, and out
+ * of accepted/waiting except by cancel. A caller making them would break the
+ * unfinished-upstream counts. */
+static bool dag_own_move(enum task_state from, enum task_state to)
+{
+	if (to == TS_ACCEPTED || to == TS_WAITING || to == TS_SKIPPED || from == TS_SKIPPED)
+		return true;
+	return (from == TS_ACCEPTED || from == TS_WAITING) && to != TS_CANCELLED;
+}
+
 static int transition_op(struct store_txn *t, const char *id, const struct transition *tr,
 			 const char *detail, uint64_t *lease_out)
 {
@@ -1583,8 +1604,8 @@ static int transition_op(struct store_txn *t, const char *id, const struct trans
 		return rc;
 	if (tr->lease && tr->lease != x.r.lease)
 		rc = EC_ESTALE;
-	else if (tr->to == TS_WAITING || tr->to == TS_SKIPPED || tr->to == TS_ACCEPTED)
-		rc = EC_EILLEGAL; /* the DAG's own moves, never a caller's */
+	else if (dag_own_move(x.r.state, tr->to))
+		rc = EC_EILLEGAL;
 	if (rc == 0)
 		rc = apply(t, &x, tr->to, tr, tr->now_ms, detail, &wl);
 	if (rc == 0)
@@ -1970,6 +1991,46 @@ out:
 	return op_end(t, rc);
 }
 
+/* Pages in use as this transaction sees them: every table's pages plus the
+ * main and free-list trees. Pages on the free list are reusable and not
+ * counted, unlike the file's high-water mark. */
+static size_t txn_pages(struct store_txn *t)
+{
+	size_t n = 0;
+	MDB_stat st;
+	for (int i = -2; i < DB__COUNT; i++) {
+		MDB_dbi d = i < 0 ? (MDB_dbi)(i + 2) : t->s->dbi[i]; /* 0 free, 1 main */
+		if (mdb_stat(t->txn, d, &st) == 0)
+			n += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+	}
+	return n;
+}
+
+/*
+ * At the largest map and above FULL_PERCENT of it: submissions are refused
+ * so that the headroom is left for the work already stored. "Used" is the
+ * file's high-water mark as last committed (pages freed by the last commits
+ * are not reusable yet, so free-list pages cannot be counted on) plus what
+ * this transaction has added since it began.
+ */
+static bool near_full(struct store_txn *t)
+{
+	struct store *s = t->s;
+	MDB_envinfo info;
+	MDB_stat st;
+	if (s->map_size < s->max_map_size || mdb_env_info(s->env, &info) ||
+	    mdb_env_stat(s->env, &st))
+		return false;
+	size_t now = txn_pages(t);
+	if (!t->base_set) {
+		t->base_pages = now;
+		t->base_set = true;
+	}
+	size_t grown = now > t->base_pages ? now - t->base_pages : 0;
+	size_t used = (info.me_last_pgno + 1 + grown) * (size_t)st.ms_psize;
+	return used > s->map_size / 100 * FULL_PERCENT;
+}
+
 int store_submit(struct store_txn *t, const struct submission *sub, const char *source,
 		 uint32_t max_pending, int64_t now_ms, struct submit_result *res,
 		 struct sub_error *err)
@@ -1996,9 +2057,7 @@ int store_submit(struct store_txn *t, const struct submission *sub, const char *
 		}
 		return 0;
 	}
-	size_t used, map;
-	if (store_usage(t->s, &used, &map) == 0 && map >= t->s->max_map_size &&
-	    used > map / 100 * FULL_PERCENT)
+	if (near_full(t))
 		return sub_fail(err, EC_ESTORE_FULL, NULL, "the store is full%s", "");
 	rc = store_nested(t, submit_fn, &c);
 	if (rc == EC_ESTORE_FULL)
