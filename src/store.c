@@ -1542,10 +1542,16 @@ static int judge(struct store_txn *t, struct trec *x, int64_t now, struct workli
 
 /* Drain the worklist: dependents of tasks that became final are counted
  * down and judged at zero; skipped dependents of tasks that left a final
- * state are re-opened (waiting, recounted). Iterative: a 10,000-step chain
- * is 10,000 turns of this loop, not 10,000 stack frames. */
+ * state are re-opened (waiting) and propagate in turn. Iterative: a
+ * 10,000-step chain is 10,000 turns of this loop, not 10,000 stack frames.
+ *
+ * Re-opening does not count incrementally: a task re-opened through two
+ * paths (a diamond below a retried task) would have an upstream counted
+ * twice. Every task a re-opening touches is recounted from scratch once the
+ * worklist is empty; a recount is idempotent and costs its own edges. */
 static int propagate(struct store_txn *t, struct worklist *wl, int64_t now)
 {
+	struct worklist recount = { 0 };
 	int rc = 0;
 	while (wl->n && rc == 0) {
 		struct wl_item it = wl->v[--wl->n];
@@ -1564,12 +1570,11 @@ static int propagate(struct store_txn *t, struct worklist *wl, int64_t now)
 					rc = d.r.unfinished == 0 ? judge(t, &d, now, wl) : task_save(t, &d);
 				}
 			} else if (open) {
-				d.r.unfinished++;
-				rc = task_save(t, &d);
+				rc = wl_push(&recount, deps[i], WL_REOPEN);
 			} else if (st == TS_SKIPPED) {
-				rc = count_unfinished(t, &d.r.spec, &d.r.unfinished);
+				rc = apply(t, &d, TS_WAITING, NULL, now, "upstream retried", wl);
 				if (rc == 0)
-					rc = apply(t, &d, TS_WAITING, NULL, now, "upstream retried", wl);
+					rc = wl_push(&recount, deps[i], WL_REOPEN);
 			}
 			trec_fini(&d);
 		}
@@ -1578,6 +1583,19 @@ static int propagate(struct store_txn *t, struct worklist *wl, int64_t now)
 		free(deps);
 		free(it.id);
 	}
+	for (size_t i = 0; i < recount.n && rc == 0; i++) {
+		struct trec d;
+		uint32_t n;
+		if ((rc = task_load(t, recount.v[i].id, &d)) < 0)
+			break;
+		if ((d.r.state == TS_ACCEPTED || d.r.state == TS_WAITING) &&
+		    (rc = count_unfinished(t, &d.r.spec, &n)) == 0 && n != d.r.unfinished) {
+			d.r.unfinished = n;
+			rc = task_save(t, &d);
+		}
+		trec_fini(&d);
+	}
+	wl_fini(&recount);
 	return rc;
 }
 
