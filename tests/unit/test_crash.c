@@ -170,8 +170,15 @@ static int transition_random(struct store_txn *t, struct child *c)
 	enum task_state st = r.state;
 	task_rec_fini(&r);
 	int dice = rand() % 10;
-	if (dice == 0 && !task_state_final(st))
+	if (dice == 0 && !task_state_final(st)) {
+		const char *colon = strchr(id, ':');
+		if (colon && rand() % 4 == 0) { /* the whole workflow */
+			char wf[TASK_ID_MAX + 1];
+			snprintf(wf, sizeof wf, "%.*s", (int)(colon - id), id);
+			return store_cancel_workflow(t, wf, c->seq);
+		}
 		return store_cancel(t, id, c->seq);
+	}
 	switch (st) {
 	case TS_READY:
 		tr.to = TS_DISPATCHED;

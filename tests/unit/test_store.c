@@ -1132,6 +1132,147 @@ static void test_observer(void **state)
 	assert_int_equal(tu_check(f->s), 0);
 }
 
+/* --- read API ---------------------------------------------------------------- */
+
+struct ready_list {
+	char ids[8][32];
+	int64_t ms[8];
+	int n;
+};
+
+static int ready_cb(const char *id, int64_t ready_ms, void *arg)
+{
+	struct ready_list *l = arg;
+	if (l->n < 8) {
+		snprintf(l->ids[l->n], sizeof l->ids[0], "%s", id);
+		l->ms[l->n] = ready_ms;
+	}
+	l->n++;
+	return 0;
+}
+
+struct ready_arg {
+	int prio;
+	struct ready_list l;
+};
+
+static int ready_fn(struct store_txn *t, void *arg)
+{
+	struct ready_arg *a = arg;
+	return store_ready_scan(t, a->prio, ready_cb, &a->l);
+}
+
+static int count_cb(const struct task_rec *r, void *arg)
+{
+	(void)r;
+	(*(int *)arg)++;
+	return 0;
+}
+
+static int wf_count_cb(const struct workflow_rec *w, void *arg)
+{
+	(void)w;
+	(*(int *)arg)++;
+	return 0;
+}
+
+struct reads {
+	int steps, wfs;
+	struct result_rec res;
+	int res_rc;
+};
+
+static int reads_fn(struct store_txn *t, void *arg)
+{
+	struct reads *a = arg;
+	int rc = store_workflow_steps(t, "rd", count_cb, &a->steps);
+	if (rc == 0)
+		rc = store_workflows_scan(t, wf_count_cb, &a->wfs);
+	a->res_rc = store_result_get(t, "rd:s0", &a->res);
+	return rc;
+}
+
+struct loop_arg {
+	const char *id;
+	int n;
+};
+
+/* n dispatch/lost cycles in one transaction: 2n history events. */
+static int lost_loop_fn(struct store_txn *t, void *arg)
+{
+	struct loop_arg *a = arg;
+	for (int i = 0; i < a->n; i++) {
+		struct transition d = { .to = TS_DISPATCHED, .now_ms = i, .agent = "x" };
+		struct transition l = { .to = TS_READY, .now_ms = i, .lost = true };
+		int rc = store_transition(t, a->id, &d, NULL);
+		if (rc || (rc = store_transition(t, a->id, &l, NULL)))
+			return rc;
+	}
+	return 0;
+}
+
+static void test_reads(void **state)
+{
+	struct fx *f = *state;
+	struct submission sub;
+	/* The ready queue: per priority, in the order tasks became ready. */
+	add_task(f->s, "p5a", NULL);
+	tu_sub_task(&sub, "p9", NULL);
+	sub.tasks[0].priority = 9;
+	submit_ok(f->s, &sub);
+	add_task(f->s, "p5b", NULL);
+	struct ready_arg r5 = { .prio = 5 }, r9 = { .prio = 9 }, r1 = { .prio = 1 };
+	assert_int_equal(store_read(f->s, ready_fn, &r5), 0);
+	assert_int_equal(store_read(f->s, ready_fn, &r9), 0);
+	assert_int_equal(store_read(f->s, ready_fn, &r1), 0);
+	assert_int_equal(r5.l.n, 2);
+	assert_string_equal(r5.l.ids[0], "p5a");
+	assert_string_equal(r5.l.ids[1], "p5b");
+	assert_true(r5.l.ms[0] > 0 && r5.l.ms[0] <= r5.l.ms[1]);
+	assert_int_equal(r9.l.n, 1);
+	assert_string_equal(r9.l.ids[0], "p9");
+	assert_int_equal(r1.l.n, 0);
+	/* Requeued at the back of its level. */
+	assert_int_equal(tu_move(f->s, "p5a", TS_DISPATCHED, 0, NULL), 0);
+	struct tu_tr lost = { .id = "p5a", .tr = { .to = TS_READY, .now_ms = tu_now_ms(),
+						   .lost = true } };
+	assert_int_equal(store_write(f->s, tu_tr_fn, &lost), 0);
+	struct ready_arg again = { .prio = 5 };
+	assert_int_equal(store_read(f->s, ready_fn, &again), 0);
+	assert_int_equal(again.l.n, 2);
+	assert_string_equal(again.l.ids[0], "p5b");
+	assert_string_equal(again.l.ids[1], "p5a");
+
+	/* Workflow scans and results. */
+	tu_sub_chain(&sub, "rd", 3, true);
+	submit_ok(f->s, &sub);
+	tu_sub_chain(&sub, "rd2", 1, false);
+	submit_ok(f->s, &sub);
+	add_task(f->s, "rd-plain", NULL); /* shares the prefix, not a step */
+	finish(f->s, "rd:s0", (const uint8_t *)"\xf5", 1);
+	struct reads a = { 0 };
+	assert_int_equal(store_read(f->s, reads_fn, &a), 0);
+	assert_int_equal(a.steps, 3);
+	assert_int_equal(a.wfs, 2);
+	assert_int_equal(a.res_rc, 0);
+	assert_true(a.res.ok);
+	assert_int_equal(a.res.attempt, 1);
+	assert_string_equal(a.res.agent, "ag1");
+	assert_int_equal(a.res.result_len, 1);
+	assert_int_equal(a.res.result[0], 0xf5);
+	result_rec_fini(&a.res);
+
+	/* History is bounded: the oldest events go. */
+	add_task(f->s, "hist", NULL);
+	struct loop_arg la = { "hist", 40 };
+	assert_int_equal(store_write(f->s, lost_loop_fn, &la), 0);
+	struct hist h = history(f->s, "hist");
+	assert_int_equal(h.n, STORE_HISTORY_MAX);
+	assert_int_equal(h.last.to, TS_READY);
+	assert_int_equal(h.last.ts_ms, 39);
+	assert_int_equal(tu_check(f->s), 0);
+}
+
 /* --- persistence, growth, read-only ------------------------------------------- */
 
 static void test_reopen(void **state)
@@ -1326,6 +1467,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_timers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_outbox, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_observer, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),
 		cmocka_unit_test(test_map_growth),
 		cmocka_unit_test(test_store_full),
