@@ -96,14 +96,8 @@ static void on_mqtt(struct loop *l, int fd, unsigned events, void *arg)
 	size_t n;
 
 	mqtt_take_events(d->mqtt, &ev);
-	if (ev.connects) {
-		log_info("MQTT-CONNECTED %s (MQTT %s)", d->cfg.mqtt.uri,
-			 mqtt_is_v5(d->mqtt) ? "5" : "3.1.1");
+	if (ev.connects) /* the module logs MQTT-CONNECTED */
 		coord_resend_all(d->coord);
-	}
-	if (ev.losses)
-		log_warnx("MQTT-LOST connection to %s; the outbox keeps what is not sent",
-			  d->cfg.mqtt.uri);
 	while ((n = mqtt_take_delivered(d->mqtt, tags, 256)) > 0)
 		for (size_t i = 0; i < n; i++)
 			coord_delivered(d->coord, tags[i]);
