@@ -370,10 +370,16 @@ static void on_work(struct ec_agent *a, struct ec_frame *f)
 		if (strcmp(a->handlers[i].type, f->task_type) == 0)
 			h = &a->handlers[i];
 	const char *refuse = NULL;
+	if (a->draining) {
+		/* The coordinator sends no work to a draining agent, and the
+		 * protocol has no "undrain" frame: work after a drain means an
+		 * operator undrained us. Refusing it would burn the task's
+		 * attempts (it would be sent here again at once). */
+		alog(a, EC_AGENT_LOG_INFO, "work again: drain lifted by the coordinator");
+		a->draining = false;
+	}
 	if (!h)
 		refuse = "no handler for this type";
-	else if (a->draining)
-		refuse = "agent is draining";
 	else if (ec_agent_running(a) >= a->o.slots || a->njobs >= EC_MAX_LEASES)
 		refuse = "no free slot";
 	struct job *j = &a->jobs[a->njobs];
