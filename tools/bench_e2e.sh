@@ -13,7 +13,8 @@
 #   W3       SIGKILL an agent 1 s into a 5 s task (heartbeat 1000 ms x 3):
 #            time from the kill until the task runs elsewhere
 # For each, the coordinator's CPU time (utime+stime from /proc/PID/stat) and
-# VmRSS. Targets are reported, not asserted. Run by tools/bench after a build.
+# VmRSS. Targets are reported, not asserted. BENCH_STRACE=1 adds a count of
+# the coordinator's system calls during W1. Run by tools/bench after a build.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export EC_BIN=${EC_BIN:-$ROOT/build/bin} EC_SRC=$ROOT
@@ -70,8 +71,14 @@ printf '%-9s coord_rss_kb=%s agent_rss_kb=%s total_kb=%s\n' idle "$(rss_kb "$COO
 start_agent x2 --caps echo,sleep --slots 4
 wait_up x2
 
+# BENCH_STRACE=1: count the coordinator's system calls during W1 (slows it).
+[ "${BENCH_STRACE:-0}" = 1 ] && start_bg strace strace -c -f -p "$COORD" -o "$WORK/strace.txt" && sleep 1
 run W1 tasks "$W1_TASKS" "$W1_BATCH"
 w1=$(val rate "$LAST")
+if [ "${BENCH_STRACE:-0}" = 1 ]; then
+	kill_bg strace INT
+	head -n 14 "$WORK/strace.txt"
+fi
 run W1-single tasks "$W1_SINGLES" 1
 single=$(val rate "$LAST")
 half=$((single / 2))
