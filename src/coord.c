@@ -15,6 +15,7 @@
 #include "edgecoord/err.h"
 #include "log.h"
 #include "msg.h"
+#include "vec.h"
 
 enum prep_kind { P_IGNORE = 0, P_SUBMIT, P_CONTROL };
 
@@ -45,23 +46,7 @@ struct coord {
 	int64_t now_ms;                 /* timestamp for the rows of this flush */
 	char (*touched)[TASK_ID_MAX + 1]; /* workflows whose status to publish */
 	size_t ntouched, captouched;
-	int publish_stalled;
 };
-
-static int grow(void **arr, size_t *cap, size_t need, size_t elem)
-{
-	if (need <= *cap)
-		return 0;
-	size_t ncap = *cap ? *cap * 2 : 64;
-	while (ncap < need)
-		ncap *= 2;
-	void *p = realloc(*arr, ncap * elem);
-	if (!p)
-		return -ENOMEM;
-	*arr = p;
-	*cap = ncap;
-	return 0;
-}
 
 /* ---- outbox rows ----------------------------------------------------------- */
 
@@ -116,7 +101,7 @@ static int touch_workflow(struct coord *c, const char *wf)
 	for (size_t i = 0; i < c->ntouched; i++)
 		if (strcmp(c->touched[i], wf) == 0)
 			return 0;
-	int rc = grow((void **)&c->touched, &c->captouched, c->ntouched + 1,
+	int rc = vec_grow((void **)&c->touched, &c->captouched, c->ntouched + 1,
 		      sizeof *c->touched);
 	if (rc < 0)
 		return rc;
@@ -519,7 +504,7 @@ void coord_free(struct coord *c)
 
 int coord_push(struct coord *c, struct coord_msg *m)
 {
-	int rc = grow((void **)&c->in, &c->capin, c->nin + 1, sizeof *c->in);
+	int rc = vec_grow((void **)&c->in, &c->capin, c->nin + 1, sizeof *c->in);
 	if (rc < 0)
 		return rc;
 	m->ack = false;
@@ -530,7 +515,7 @@ int coord_push(struct coord *c, struct coord_msg *m)
 void coord_delivered(struct coord *c, uint64_t seq)
 {
 	/* On allocation failure the row is simply published again later. */
-	if (grow((void **)&c->done, &c->capdone, c->ndone + 1, sizeof *c->done) == 0)
+	if (vec_grow((void **)&c->done, &c->capdone, c->ndone + 1, sizeof *c->done) == 0)
 		c->done[c->ndone++] = seq;
 }
 

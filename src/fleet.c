@@ -21,6 +21,7 @@
 #include "log.h"
 #include "loop.h"
 #include "msg.h"
+#include "vec.h"
 
 #define DUR_WINDOW 64           /* recent task durations kept for p50 */
 #define PICKS_MAX 256           /* dispatch decisions per turn */
@@ -122,24 +123,9 @@ struct fleet {
 };
 
 #define VEC_PUSH(vec, out)                                                        \
-	(grow((void **)&(vec).v, &(vec).cap, (vec).n + 1, sizeof *(vec).v) < 0      \
+	(vec_grow((void **)&(vec).v, &(vec).cap, (vec).n + 1, sizeof *(vec).v) < 0      \
 		 ? -ENOMEM                                                         \
 		 : ((out) = &(vec).v[(vec).n++], memset((out), 0, sizeof *(out)), 0))
-
-static int grow(void **arr, size_t *cap, size_t need, size_t elem)
-{
-	if (need <= *cap)
-		return 0;
-	size_t ncap = *cap ? *cap * 2 : 16;
-	while (ncap < need)
-		ncap *= 2;
-	void *p = realloc(*arr, ncap * elem);
-	if (!p)
-		return -ENOMEM;
-	*arr = p;
-	*cap = ncap;
-	return 0;
-}
 
 /* ---- registry ------------------------------------------------------------------ */
 
