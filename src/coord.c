@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "codec.h"
+#include "config.h"
 #include "coord.h"
 #include "edgecoord/err.h"
 #include "log.h"
@@ -89,9 +90,18 @@ static int put_answer(struct store_txn *t, const struct coord_msg *m, uint8_t *p
 	return put(t, m->response_topic, row, 2 + clen + len, OUTBOX_CORR | enc_flag(enc));
 }
 
-static bool milestone(enum task_state s)
+/* Whether a task entering s gets a status message (mqtt.status_events). */
+static bool published(const struct coord *c, enum task_state s)
 {
-	return s == TS_ACCEPTED || s == TS_RUNNING || s == TS_FAILED || task_state_final(s);
+	switch (c->o.status_events) {
+	case CONFIG_STATUS_ALL:
+		return true;
+	case CONFIG_STATUS_FINAL:
+		return task_state_final(s);
+	default:
+		return s == TS_ACCEPTED || s == TS_RUNNING || s == TS_FAILED ||
+		       task_state_final(s);
+	}
 }
 
 static int touch_workflow(struct coord *c, const char *wf)
@@ -132,12 +142,12 @@ int coord_observe(struct store_txn *t, const struct store_event *ev, void *arg)
 
 	switch (ev->kind) {
 	case STORE_EV_TASK:
-		if (c->o.status_all || milestone(ev->task->state))
+		if (published(c, ev->task->state))
 			rc = status_row(c, t, ev->task);
 		/* A workflow's status is worth a message when a step finishes
 		 * (progress), when it is new, or on every change under "all". */
 		if (rc == 0 && ev->task->spec.workflow &&
-		    (c->o.status_all || task_state_final(ev->task->state) ||
+		    (c->o.status_events == CONFIG_STATUS_ALL || task_state_final(ev->task->state) ||
 		     ev->task->state == TS_ACCEPTED))
 			rc = touch_workflow(c, ev->task->spec.workflow);
 		return rc;
