@@ -353,12 +353,36 @@ static int fail_attempt(struct fleet *f, struct store_txn *t, const char *id, ui
 	return rc < 0 ? rc : after_failure(f, t, id);
 }
 
-/* An attempt lost with its agent: back to ready, not charged. */
+static int count_lost(const struct history_ev *ev, void *arg)
+{
+	if (strcmp(ev->detail, "lost") == 0)
+		++*(uint32_t *)arg;
+	return 0;
+}
+
+/* An attempt lost with its agent: back to ready, not charged, unless the task
+ * has been lost too often (docs/scheduling.md: the lost cap). The count comes
+ * from the task's history, which keeps the last STORE_HISTORY_MAX events. */
 static int lose_attempt(struct fleet *f, struct store_txn *t, const char *id, uint64_t lease)
 {
+	uint32_t lost = 1; /* this one */
+	int rc = store_history_scan(t, id, count_lost, &lost);
+	if (rc < 0 && rc != EC_ENOTFOUND)
+		return rc;
+	if (sched_after_lost(&f->o.defaults, lost) == SCHED_DEAD) {
+		struct transition dead = { .to = TS_DEAD, .now_ms = f->now_real, .lease = lease,
+					   .error = "lost_too_often" };
+		rc = store_transition(t, id, &dead, NULL);
+		if (rc == EC_EILLEGAL || rc == EC_ESTALE || rc == EC_ENOTFOUND)
+			return 0;
+		if (rc < 0)
+			return rc;
+		log_info("TASK-DEAD %s: lost with its agent %u times", id, lost);
+		return 0; /* hook_event releases the dispatch (running -> dead) */
+	}
 	struct transition tr = { .to = TS_READY, .now_ms = f->now_real, .lease = lease,
 				 .lost = true };
-	int rc = store_transition(t, id, &tr, NULL);
+	rc = store_transition(t, id, &tr, NULL);
 	if (rc == EC_EILLEGAL || rc == EC_ESTALE || rc == EC_ENOTFOUND)
 		return 0;
 	if (rc < 0)
