@@ -38,10 +38,10 @@ coord_start() {
 coord_cleanup() {
 	local st=$? p
 	set +e
-	# hang.sh shells and their sleeps, if still there (and still theirs)
+	# hang.sh shells, if still there (and still shells)
 	for p in $(cat "$WORK/pids" 2>/dev/null); do
 		case $(cat "/proc/$p/comm" 2>/dev/null) in
-		sh | sleep) kill -KILL "$p" 2>/dev/null ;;
+		sh) kill -KILL "$p" 2>/dev/null ;;
 		esac
 	done
 	# a stopped agent would not hear the TERM of the general cleanup
@@ -132,7 +132,7 @@ last_msg() {
 }
 
 # Writes $WORK/hang.sh: an --exec command that appends "start ID ATTEMPT"
-# to $WORK/marks when it starts and "term ID ATTEMPT" when it gets SIGTERM,
+# to $WORK/marks.log when it starts and "term ID ATTEMPT" when it gets SIGTERM,
 # and otherwise runs for 20 s. Use it as --exec TYPE="sh $WORK/hang.sh".
 make_hang() {
 	cat >"$WORK/hang.sh" <<EOF
@@ -140,19 +140,24 @@ in=\$(cat)
 id=\$(printf '%s' "\$in" | sed -n 's/.*"task_id" *: *"\\([^"]*\\)".*/\\1/p')
 att=\$(printf '%s' "\$in" | sed -n 's/.*"attempt" *: *\\([0-9]*\\).*/\\1/p')
 echo \$\$ >> "$WORK/pids"
-trap 'echo "term \$id \$att" >> "$WORK/marks"; exit 143' TERM
-echo "start \$id \$att" >> "$WORK/marks"
-sleep 20 &
-echo \$! >> "$WORK/pids"
-wait \$!
+trap 'echo "term \$id \$att" >> "$WORK/marks.log"; exit 143' TERM
+echo "start \$id \$att" >> "$WORK/marks.log"
+# Short sleeps: the shell runs a trap between commands, so a TERM that
+# ends the sleep first is still seen by the trap.
+i=0
+while [ \$i -lt 40 ]; do
+	sleep 0.5 &
+	wait \$!
+	i=\$((i + 1))
+done
 EOF
-	: >"$WORK/marks"
+	: >"$WORK/marks.log"
 }
 
-# Whether $WORK/marks has COUNT (default 1) lines matching the regex.
+# Whether $WORK/marks.log has COUNT (default 1) lines matching the regex.
 #   marked REGEX [COUNT]
 marked() {
-	[ "$(grep -cE -- "$1" "$WORK/marks" 2>/dev/null || true)" -ge "${2:-1}" ]
+	[ "$(grep -cE -- "$1" "$WORK/marks.log" 2>/dev/null || true)" -ge "${2:-1}" ]
 }
 
 # Epoch milliseconds now.
