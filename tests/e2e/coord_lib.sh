@@ -139,6 +139,9 @@ make_hang() {
 in=\$(cat)
 id=\$(printf '%s' "\$in" | sed -n 's/.*"task_id" *: *"\\([^"]*\\)".*/\\1/p')
 att=\$(printf '%s' "\$in" | sed -n 's/.*"attempt" *: *\\([0-9]*\\).*/\\1/p')
+# The agent closes our pipes once its child is gone; a shell reporting a
+# killed job on a closed stderr would die of SIGPIPE before its trap ran.
+exec >/dev/null 2>&1
 echo \$\$ >> "$WORK/pids"
 trap 'echo "term \$id \$att" >> "$WORK/marks.log"; exit 143' TERM
 echo "start \$id \$att" >> "$WORK/marks.log"
