@@ -1132,9 +1132,11 @@ static void hook_committed(int rc, void *arg)
 	/* Consumed link events. */
 	for (size_t i = 0; i < f->evs_applied; i++)
 		fev_fini(&f->evs.v[i]);
-	memmove(f->evs.v, f->evs.v + f->evs_applied,
-		(f->evs.n - f->evs_applied) * sizeof *f->evs.v);
-	f->evs.n -= f->evs_applied;
+	if (f->evs_applied) { /* evs.v may still be NULL: memmove(NULL, ...) is UB */
+		memmove(f->evs.v, f->evs.v + f->evs_applied,
+			(f->evs.n - f->evs_applied) * sizeof *f->evs.v);
+		f->evs.n -= f->evs_applied;
+	}
 	if (f->sweep_at_mono && f->now_mono >= f->sweep_at_mono)
 		f->sweep_at_mono = 0;
 	if (f->health_rows) {
