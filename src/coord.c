@@ -279,9 +279,13 @@ static int reject(struct coord *c, struct store_txn *t, const struct prep *p, in
 	size_t len;
 	int rc;
 
-	log_info("SUBMIT-REJECTED source=%s code=%s task=%s detail=%s", p->source,
-		 ec_reject_code(code) ? ec_reject_code(code) : "?",
-		 err->task_id[0] ? err->task_id : "-", err->detail);
+	if (p->kind == P_SUBMIT)
+		log_info("SUBMIT-REJECTED source=%s code=%s task=%s detail=%s", p->source,
+			 ec_reject_code(code) ? ec_reject_code(code) : "?",
+			 err->task_id[0] ? err->task_id : "-", err->detail);
+	else
+		log_info("CONTROL-REJECTED %s code=%s detail=%s", p->verb,
+			 ec_reject_code(code) ? ec_reject_code(code) : "?", err->detail);
 	if (p->kind == P_SUBMIT) {
 		rc = msg_topic(topic, sizeof topic, c->o.prefix, "rejected", p->source, NULL);
 		if (rc == 0)
