@@ -52,7 +52,8 @@ struct keydef {
 };
 
 static const struct enum_name status_events_names[] = {
-	{ "milestones", CONFIG_STATUS_MILESTONES }, { "all", CONFIG_STATUS_ALL }, { NULL, 0 }
+	{ "milestones", CONFIG_STATUS_MILESTONES }, { "all", CONFIG_STATUS_ALL },
+	{ "final", CONFIG_STATUS_FINAL }, { NULL, 0 }
 };
 static const struct enum_name routing_names[] = {
 	{ "least_loaded", ROUTE_LEAST_LOADED }, { "round_robin", ROUTE_ROUND_ROBIN },
@@ -123,7 +124,8 @@ static const struct keydef keys[] = {
 	  "0 = they never expire." },
 	{ "mqtt", "status_events", CT_ENUM, OFF(mqtt.status_events), 0, 0, "milestones", NULL,
 	  status_events_names, NULL, 0,
-	  "Which task state changes are published: milestones or all." },
+	  "Which task state changes are published: milestones (accepted, running, failed, "
+	  "final states), all, or final (final states only; the fewest broker messages)." },
 	{ "mqtt", "outbox_max", CT_INT, OFF(mqtt.outbox_max), 1, 100000000, "100000", NULL, NULL,
 	  NULL, 0,
 	  "Most messages the outbox holds while the broker is unreachable." },

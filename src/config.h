@@ -48,7 +48,7 @@
 /* A config file larger than this is refused. */
 #define CONFIG_FILE_MAX (1024 * 1024)
 
-enum config_status_events { CONFIG_STATUS_MILESTONES = 0, CONFIG_STATUS_ALL };
+enum config_status_events { CONFIG_STATUS_MILESTONES = 0, CONFIG_STATUS_ALL, CONFIG_STATUS_FINAL };
 enum config_routing { ROUTE_LEAST_LOADED = 0, ROUTE_ROUND_ROBIN, ROUTE_PERFORMANCE };
 
 struct config_hostport {

@@ -11,10 +11,12 @@
 #include <string.h>
 
 #include "codec.h"
+#include "config.h"
 #include "coord.h"
 #include "edgecoord/err.h"
 #include "log.h"
 #include "msg.h"
+#include "vec.h"
 
 enum prep_kind { P_IGNORE = 0, P_SUBMIT, P_CONTROL };
 
@@ -45,23 +47,7 @@ struct coord {
 	int64_t now_ms;                 /* timestamp for the rows of this flush */
 	char (*touched)[TASK_ID_MAX + 1]; /* workflows whose status to publish */
 	size_t ntouched, captouched;
-	int publish_stalled;
 };
-
-static int grow(void **arr, size_t *cap, size_t need, size_t elem)
-{
-	if (need <= *cap)
-		return 0;
-	size_t ncap = *cap ? *cap * 2 : 64;
-	while (ncap < need)
-		ncap *= 2;
-	void *p = realloc(*arr, ncap * elem);
-	if (!p)
-		return -ENOMEM;
-	*arr = p;
-	*cap = ncap;
-	return 0;
-}
 
 /* ---- outbox rows ----------------------------------------------------------- */
 
@@ -104,9 +90,18 @@ static int put_answer(struct store_txn *t, const struct coord_msg *m, uint8_t *p
 	return put(t, m->response_topic, row, 2 + clen + len, OUTBOX_CORR | enc_flag(enc));
 }
 
-static bool milestone(enum task_state s)
+/* Whether a task entering s gets a status message (mqtt.status_events). */
+static bool published(const struct coord *c, enum task_state s)
 {
-	return s == TS_ACCEPTED || s == TS_RUNNING || s == TS_FAILED || task_state_final(s);
+	switch (c->o.status_events) {
+	case CONFIG_STATUS_ALL:
+		return true;
+	case CONFIG_STATUS_FINAL:
+		return task_state_final(s);
+	default:
+		return s == TS_ACCEPTED || s == TS_RUNNING || s == TS_FAILED ||
+		       task_state_final(s);
+	}
 }
 
 static int touch_workflow(struct coord *c, const char *wf)
@@ -116,7 +111,7 @@ static int touch_workflow(struct coord *c, const char *wf)
 	for (size_t i = 0; i < c->ntouched; i++)
 		if (strcmp(c->touched[i], wf) == 0)
 			return 0;
-	int rc = grow((void **)&c->touched, &c->captouched, c->ntouched + 1,
+	int rc = vec_grow((void **)&c->touched, &c->captouched, c->ntouched + 1,
 		      sizeof *c->touched);
 	if (rc < 0)
 		return rc;
@@ -147,12 +142,12 @@ int coord_observe(struct store_txn *t, const struct store_event *ev, void *arg)
 
 	switch (ev->kind) {
 	case STORE_EV_TASK:
-		if (c->o.status_all || milestone(ev->task->state))
+		if (published(c, ev->task->state))
 			rc = status_row(c, t, ev->task);
 		/* A workflow's status is worth a message when a step finishes
 		 * (progress), when it is new, or on every change under "all". */
 		if (rc == 0 && ev->task->spec.workflow &&
-		    (c->o.status_all || task_state_final(ev->task->state) ||
+		    (c->o.status_events == CONFIG_STATUS_ALL || task_state_final(ev->task->state) ||
 		     ev->task->state == TS_ACCEPTED))
 			rc = touch_workflow(c, ev->task->spec.workflow);
 		return rc;
@@ -284,9 +279,13 @@ static int reject(struct coord *c, struct store_txn *t, const struct prep *p, in
 	size_t len;
 	int rc;
 
-	log_info("SUBMIT-REJECTED source=%s code=%s task=%s detail=%s", p->source,
-		 ec_reject_code(code) ? ec_reject_code(code) : "?",
-		 err->task_id[0] ? err->task_id : "-", err->detail);
+	if (p->kind == P_SUBMIT)
+		log_info("SUBMIT-REJECTED source=%s code=%s task=%s detail=%s", p->source,
+			 ec_reject_code(code) ? ec_reject_code(code) : "?",
+			 err->task_id[0] ? err->task_id : "-", err->detail);
+	else
+		log_info("CONTROL-REJECTED %s code=%s detail=%s", p->verb,
+			 ec_reject_code(code) ? ec_reject_code(code) : "?", err->detail);
 	if (p->kind == P_SUBMIT) {
 		rc = msg_topic(topic, sizeof topic, c->o.prefix, "rejected", p->source, NULL);
 		if (rc == 0)
@@ -519,7 +518,7 @@ void coord_free(struct coord *c)
 
 int coord_push(struct coord *c, struct coord_msg *m)
 {
-	int rc = grow((void **)&c->in, &c->capin, c->nin + 1, sizeof *c->in);
+	int rc = vec_grow((void **)&c->in, &c->capin, c->nin + 1, sizeof *c->in);
 	if (rc < 0)
 		return rc;
 	m->ack = false;
@@ -530,7 +529,7 @@ int coord_push(struct coord *c, struct coord_msg *m)
 void coord_delivered(struct coord *c, uint64_t seq)
 {
 	/* On allocation failure the row is simply published again later. */
-	if (grow((void **)&c->done, &c->capdone, c->ndone + 1, sizeof *c->done) == 0)
+	if (vec_grow((void **)&c->done, &c->capdone, c->ndone + 1, sizeof *c->done) == 0)
 		c->done[c->ndone++] = seq;
 }
 

@@ -35,7 +35,7 @@ enum {
 struct coord_opts {
 	const char *prefix;             /* topic prefix */
 	const char *node_id;
-	bool status_all;                /* mqtt.status_events = all */
+	int status_events;              /* enum config_status_events (config.h) */
 	uint32_t max_pending;           /* per source, 0 = unlimited */
 	uint64_t outbox_max;            /* ingest stops acknowledging past this */
 	struct limits limits;

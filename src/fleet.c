@@ -21,6 +21,7 @@
 #include "log.h"
 #include "loop.h"
 #include "msg.h"
+#include "vec.h"
 
 #define DUR_WINDOW 64           /* recent task durations kept for p50 */
 #define PICKS_MAX 256           /* dispatch decisions per turn */
@@ -41,6 +42,8 @@ struct agent {
 	int64_t last_seen_ms;           /* realtime */
 	uint32_t dur[DUR_WINDOW];       /* recent successful durations, ms */
 	size_t ndur, dur_pos;
+	uint64_t ok, failed;            /* outcomes since first seen (persisted) */
+	bool known_to_sched;            /* said hello since this start */
 	bool changed;                   /* state changed: publish at once */
 };
 
@@ -122,24 +125,9 @@ struct fleet {
 };
 
 #define VEC_PUSH(vec, out)                                                        \
-	(grow((void **)&(vec).v, &(vec).cap, (vec).n + 1, sizeof *(vec).v) < 0      \
+	(vec_grow((void **)&(vec).v, &(vec).cap, (vec).n + 1, sizeof *(vec).v) < 0      \
 		 ? -ENOMEM                                                         \
 		 : ((out) = &(vec).v[(vec).n++], memset((out), 0, sizeof *(out)), 0))
-
-static int grow(void **arr, size_t *cap, size_t need, size_t elem)
-{
-	if (need <= *cap)
-		return 0;
-	size_t ncap = *cap ? *cap * 2 : 16;
-	while (ncap < need)
-		ncap *= 2;
-	void *p = realloc(*arr, ncap * elem);
-	if (!p)
-		return -ENOMEM;
-	*arr = p;
-	*cap = ncap;
-	return 0;
-}
 
 /* ---- registry ------------------------------------------------------------------ */
 
@@ -215,7 +203,10 @@ static void run_end(struct fleet *f, uint64_t lease, enum sched_outcome out)
 	int64_t dur = f->now_mono - r->start_mono;
 	sched_task_finished(f->sc, r->agent, r->type, out, dur, f->now_mono);
 	struct agent *a = agent_find(f, r->agent);
+	if (a && out == SCHED_OUT_FAIL)
+		a->failed++;
 	if (a && out == SCHED_OUT_OK) {
+		a->ok++;
 		a->dur[a->dur_pos] = (uint32_t)(dur < 0 ? 0 : dur > UINT32_MAX ? UINT32_MAX : dur);
 		a->dur_pos = (a->dur_pos + 1) % DUR_WINDOW;
 		if (a->ndur < DUR_WINDOW)
@@ -362,12 +353,36 @@ static int fail_attempt(struct fleet *f, struct store_txn *t, const char *id, ui
 	return rc < 0 ? rc : after_failure(f, t, id);
 }
 
-/* An attempt lost with its agent: back to ready, not charged. */
+static int count_lost(const struct history_ev *ev, void *arg)
+{
+	if (strcmp(ev->detail, "lost") == 0)
+		++*(uint32_t *)arg;
+	return 0;
+}
+
+/* An attempt lost with its agent: back to ready, not charged, unless the task
+ * has been lost too often (docs/scheduling.md: the lost cap). The count comes
+ * from the task's history, which keeps the last STORE_HISTORY_MAX events. */
 static int lose_attempt(struct fleet *f, struct store_txn *t, const char *id, uint64_t lease)
 {
+	uint32_t lost = 1; /* this one */
+	int rc = store_history_scan(t, id, count_lost, &lost);
+	if (rc < 0 && rc != EC_ENOTFOUND)
+		return rc;
+	if (sched_after_lost(&f->o.defaults, lost) == SCHED_DEAD) {
+		struct transition dead = { .to = TS_DEAD, .now_ms = f->now_real, .lease = lease,
+					   .error = "lost_too_often" };
+		rc = store_transition(t, id, &dead, NULL);
+		if (rc == EC_EILLEGAL || rc == EC_ESTALE || rc == EC_ENOTFOUND)
+			return 0;
+		if (rc < 0)
+			return rc;
+		log_info("TASK-DEAD %s: lost with its agent %u times", id, lost);
+		return 0; /* hook_event releases the dispatch (running -> dead) */
+	}
 	struct transition tr = { .to = TS_READY, .now_ms = f->now_real, .lease = lease,
 				 .lost = true };
-	int rc = store_transition(t, id, &tr, NULL);
+	rc = store_transition(t, id, &tr, NULL);
 	if (rc == EC_EILLEGAL || rc == EC_ESTALE || rc == EC_ENOTFOUND)
 		return 0;
 	if (rc < 0)
@@ -705,6 +720,72 @@ static int apply_dispatch(struct fleet *f, struct store_txn *t)
 	return 0;
 }
 
+/* ---- persisted figures -------------------------------------------------------------------------- */
+
+/*
+ * An agent's figures in the store: a small fixed layout, little endian,
+ * version first. Caps and labels are not kept: they come with every hello.
+ *   u8 version=1, u32 slots, i64 last_seen, u64 ok, u64 failed,
+ *   u8 ndur, u32 dur[ndur] (oldest first)
+ */
+#define FIG_VERSION 1
+#define FIG_MAX (1 + 4 + 8 + 8 + 8 + 1 + 4 * DUR_WINDOW)
+
+static uint8_t *put_le(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = 0; i < n; i++)
+		*p++ = (uint8_t)(v >> (8 * i));
+	return p;
+}
+
+static uint64_t get_le(const uint8_t *p, int n)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < n; i++)
+		v |= (uint64_t)p[i] << (8 * i);
+	return v;
+}
+
+static size_t figures_encode(const struct agent *a, uint8_t buf[FIG_MAX])
+{
+	uint8_t *p = buf;
+	*p++ = FIG_VERSION;
+	p = put_le(p, a->slots, 4);
+	p = put_le(p, (uint64_t)a->last_seen_ms, 8);
+	p = put_le(p, a->ok, 8);
+	p = put_le(p, a->failed, 8);
+	*p++ = (uint8_t)a->ndur;
+	size_t first = a->ndur < DUR_WINDOW ? 0 : a->dur_pos;
+	for (size_t i = 0; i < a->ndur; i++)
+		p = put_le(p, a->dur[(first + i) % DUR_WINDOW], 4);
+	return (size_t)(p - buf);
+}
+
+static int figures_load(const char *id, const uint8_t *b, size_t len, void *arg)
+{
+	struct fleet *f = arg;
+	struct agent *a;
+	if (len < 30 || b[0] != FIG_VERSION || len != 30 + 4 * (size_t)b[29] ||
+	    b[29] > DUR_WINDOW) {
+		log_warnx("STORE agent figures of %s unreadable: ignored", id);
+		return 0;
+	}
+	int rc = VEC_PUSH(f->agents, a);
+	if (rc < 0)
+		return rc;
+	snprintf(a->id, sizeof a->id, "%s", id);
+	a->slots = (uint32_t)get_le(b + 1, 4);
+	a->last_seen_ms = (int64_t)get_le(b + 5, 8);
+	a->ok = get_le(b + 13, 8);
+	a->failed = get_le(b + 21, 8);
+	a->ndur = b[29];
+	for (size_t i = 0; i < a->ndur; i++)
+		a->dur[i] = (uint32_t)get_le(b + 30 + 4 * i, 4);
+	a->dur_pos = a->ndur % DUR_WINDOW;
+	a->state = A_OFFLINE; /* until it says hello */
+	return 0;
+}
+
 /* ---- health --------------------------------------------------------------------------------------- */
 
 static int agent_row(struct fleet *f, struct store_txn *t, const struct agent *a)
@@ -716,7 +797,11 @@ static int agent_row(struct fleet *f, struct store_txn *t, const struct agent *a
 	struct cbw w;
 	int rc;
 
-	sched_agent_get(f->sc, a->id, f->now_mono, &v);
+	if (a->known_to_sched)
+		sched_agent_get(f->sc, a->id, f->now_mono, &v);
+	else /* not connected since this start: its lifetime figures */
+		v.success_rate = a->ok + a->failed ? (double)a->ok / (double)(a->ok + a->failed)
+						   : 1.0;
 	cbw_init(&w);
 	cbw_map(&w, 10);
 	cbw_text(&w, "agent");
@@ -755,6 +840,10 @@ static int agent_row(struct fleet *f, struct store_txn *t, const struct agent *a
 	if (rc == 0)
 		rc = store_outbox_put(t, topic, (uint8_t *)json, len, OUTBOX_RETAIN, NULL);
 	free(json);
+	if (rc == 0) {
+		uint8_t fig[FIG_MAX];
+		rc = store_agent_put(t, a->id, fig, figures_encode(a, fig));
+	}
 	return rc;
 }
 
@@ -1043,9 +1132,11 @@ static void hook_committed(int rc, void *arg)
 	/* Consumed link events. */
 	for (size_t i = 0; i < f->evs_applied; i++)
 		fev_fini(&f->evs.v[i]);
-	memmove(f->evs.v, f->evs.v + f->evs_applied,
-		(f->evs.n - f->evs_applied) * sizeof *f->evs.v);
-	f->evs.n -= f->evs_applied;
+	if (f->evs_applied) { /* evs.v may still be NULL: memmove(NULL, ...) is UB */
+		memmove(f->evs.v, f->evs.v + f->evs_applied,
+			(f->evs.n - f->evs_applied) * sizeof *f->evs.v);
+		f->evs.n -= f->evs_applied;
+	}
 	if (f->sweep_at_mono && f->now_mono >= f->sweep_at_mono)
 		f->sweep_at_mono = 0;
 	if (f->health_rows) {
@@ -1119,6 +1210,7 @@ static void on_up(void *ctx, const char *agent, const struct ec_frame *hello)
 	a->slots = hello->slots;
 	a->state = A_ONLINE;
 	a->live = true;
+	a->known_to_sched = true;
 	a->last_seen_ms = loop_realtime_ms();
 	agent_changed(f, a);
 
@@ -1299,6 +1391,8 @@ static int recover_txn(struct store_txn *t, void *arg)
 	struct recover_ctx *c = arg;
 	int rc = 0;
 	c->t = t;
+	if (c->f->agents.n == 0)
+		rc = store_agents_scan(t, figures_load, c->f);
 	for (int p = SCHED_PRIO_MAX; rc == 0 && p >= SCHED_PRIO_MIN; p--)
 		rc = store_ready_scan(t, p, recover_ready, c);
 	if (rc == 0)

@@ -537,7 +537,7 @@ int main(int argc, char **argv)
 	struct coord_opts co = {
 		.prefix = d.cfg.mqtt.topic_prefix,
 		.node_id = d.cfg.coordinator.node_id,
-		.status_all = d.cfg.mqtt.status_events == CONFIG_STATUS_ALL,
+		.status_events = d.cfg.mqtt.status_events,
 		.max_pending = (uint32_t)d.cfg.scheduler.max_pending_per_source,
 		.outbox_max = (uint64_t)d.cfg.mqtt.outbox_max,
 	};

@@ -42,11 +42,12 @@ enum {
 	DB_OUTBOX,   /* [u64 BE seq] -> [u8 flags][u16 BE topic len][topic][payload] */
 	DB_WORKFLOWS,/* id -> workflow record */
 	DB_PENDING,  /* source -> u64 LE count of non-final tasks */
+	DB_AGENTS,   /* agent id -> the fleet's figures (opaque here) */
 	DB__COUNT
 };
 static const char *const db_names[DB__COUNT] = {
 	"meta", "tasks", "rdeps", "state", "ready", "timers", "results",
-	"history", "dead", "outbox", "workflows", "pending",
+	"history", "dead", "outbox", "workflows", "pending", "agents",
 };
 
 #define REC_VERSION 1
@@ -2464,6 +2465,45 @@ int store_outbox_del(struct store_txn *t, uint64_t seq)
 	be64(k, seq);
 	MDB_val key = mv(k, 8);
 	return xl(t, mdb_del(t->txn, t->s->dbi[DB_OUTBOX], &key, NULL));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Agents */
+
+int store_agent_put(struct store_txn *t, const char *agent, const uint8_t *blob, size_t len)
+{
+	if (!t->write)
+		return -EROFS;
+	size_t kl = strlen(agent);
+	if (kl == 0 || kl > TASK_ID_MAX)
+		return -EINVAL;
+	return db_put(t, DB_AGENTS, agent, kl, blob, len, 0);
+}
+
+int store_agents_scan(struct store_txn *t, store_agent_fn fn, void *arg)
+{
+	MDB_cursor *c;
+	MDB_val k, v;
+	char id[TASK_ID_MAX + 1];
+	int rc = xl(t, mdb_cursor_open(t->txn, t->s->dbi[DB_AGENTS], &c));
+	if (rc < 0)
+		return rc;
+	int mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+	while (mrc == 0 && rc == 0) {
+		if (k.mv_size == 0 || k.mv_size > TASK_ID_MAX) {
+			rc = EC_ESTORE;
+			break;
+		}
+		memcpy(id, k.mv_data, k.mv_size);
+		id[k.mv_size] = 0;
+		rc = fn(id, v.mv_data, v.mv_size, arg);
+		if (rc == 0)
+			mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+	}
+	if (rc == 0 && mrc != MDB_NOTFOUND)
+		rc = xl(t, mrc);
+	mdb_cursor_close(c);
+	return rc;
 }
 
 int store_outbox_count(struct store_txn *t, uint64_t *out)

@@ -250,6 +250,14 @@ int store_outbox_scan(struct store_txn *t, uint64_t after, store_outbox_fn fn, v
 int store_outbox_del(struct store_txn *t, uint64_t seq);
 int store_outbox_count(struct store_txn *t, uint64_t *out);
 
+/* --- Agents ---------------------------------------------------------------- */
+
+/* The fleet's per-agent figures, kept across restarts; the bytes are opaque
+ * to the store. store_agents_scan() passes borrowed views, in id order. */
+int store_agent_put(struct store_txn *t, const char *agent, const uint8_t *blob, size_t len);
+typedef int (*store_agent_fn)(const char *agent, const uint8_t *blob, size_t len, void *arg);
+int store_agents_scan(struct store_txn *t, store_agent_fn fn, void *arg);
+
 /* --- Maintenance ------------------------------------------------------------ */
 
 /* Check every invariant (each task in exactly one state index entry, counts

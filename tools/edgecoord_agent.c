@@ -75,6 +75,25 @@ struct tjob {
 };
 
 static struct tjob jobs[EC_MAX_SLOTS];
+
+/* Process groups whose leader was stopped and has exited while the rest of
+ * the group may still run: each gets its SIGKILL when the grace ends. The
+ * group id cannot be reused while any member lives. */
+static struct {
+	pid_t pg;
+	uint64_t at;
+} gkill[EC_MAX_SLOTS];
+
+static void gkill_later(pid_t pg, uint64_t at)
+{
+	for (size_t i = 0; i < EC_MAX_SLOTS; i++)
+		if (!gkill[i].pg) {
+			gkill[i].pg = pg;
+			gkill[i].at = at;
+			return;
+		}
+	kill(-pg, SIGKILL); /* no room to wait: kill now */
+}
 static uint64_t now_ms;
 
 struct exec_type {
@@ -521,6 +540,9 @@ static void stop_job(struct tjob *j, const char *why)
 static void on_cancel(void *ctx, struct ec_agent *a, uint64_t lease, const char *reason)
 {
 	struct tjob *j = tjob_find(lease);
+	fprintf(stderr, "edgecoord-agent info: CANCEL lease %llu (%s)%s\n",
+		(unsigned long long)lease, reason ? reason : "no reason",
+		j ? "" : ": not running here");
 	if (j)
 		stop_job(j, "cancelled");
 	else
@@ -530,6 +552,8 @@ static void on_cancel(void *ctx, struct ec_agent *a, uint64_t lease, const char 
 /* Command finished and its pipes are drained: report. */
 static void exec_done(struct ec_agent *a, struct tjob *j)
 {
+	if (j->stop_why && j->kill_at) /* the rest of its group still gets SIGKILL */
+		gkill_later(j->pid, j->kill_at);
 	if (j->stop_why) {
 		char msg[64];
 		snprintf(msg, sizeof(msg), "%s", j->stop_why);
@@ -792,6 +816,9 @@ int main(int argc, char **argv)
 		if (ev & EC_AGENT_EV_WRITE)
 			pfd[n].events |= POLLOUT;
 		owner[n++] = NULL;
+		for (size_t i = 0; i < EC_MAX_SLOTS; i++)
+			if (gkill[i].pg && gkill[i].at < due)
+				due = gkill[i].at;
 		for (size_t i = 0; i < EC_MAX_SLOTS; i++) {
 			struct tjob *j = &jobs[i];
 			if (!j->used)
@@ -864,9 +891,17 @@ int main(int argc, char **argv)
 			else if (j->reaped && j->stop_why)
 				exec_done(a, j);  /* killed: what is left in the pipes is moot */
 		}
+		for (size_t i = 0; i < EC_MAX_SLOTS; i++)
+			if (gkill[i].pg && now_ms >= gkill[i].at) {
+				kill(-gkill[i].pg, SIGKILL);
+				gkill[i].pg = 0;
+			}
 		ec_agent_step(a, now_ms);
 	}
 	/* SIGTERM: say bye, stop what runs, exit 0 */
+	for (size_t i = 0; i < EC_MAX_SLOTS; i++)
+		if (gkill[i].pg)
+			kill(-gkill[i].pg, SIGKILL);
 	for (size_t i = 0; i < EC_MAX_SLOTS; i++)
 		if (jobs[i].used) {
 			if (jobs[i].kind == J_EXEC && !jobs[i].reaped) {

@@ -23,6 +23,7 @@
 #include "cbw.h"
 #include "codec.h"
 #include "edgecoord/err.h"
+#include "log.h"
 #include "loop.h"
 #include "mqtt.h"
 #include "store.h"
@@ -790,8 +791,10 @@ int main(int argc, char **argv)
 	const char *cmd = argv[i];
 	argc -= i;
 	argv += i;
-	if (!is_query(cmd))
+	if (!is_query(cmd)) {
+		log_init("edgecoordctl", LOG_LVL_WARN, 0); /* the MQTT module's info is noise here */
 		return ctl_control(c.broker, c.prefix, c.json, argc, argv);
+	}
 
 	struct store_opts so = { .dir = c.data_dir, .read_only = true,
 				 .map_size = 64u << 20, .max_map_size = 64u << 20 };

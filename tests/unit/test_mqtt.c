@@ -647,7 +647,7 @@ struct fake {
 	int levels[4];      /* protocol level of each CONNECT */
 	int clean[4];       /* its clean session/start flag */
 	int n_connects;
-	bool subscribed;
+	_Atomic bool subscribed;
 	volatile bool stop;
 };
 
@@ -721,8 +721,10 @@ static void *fake_broker(void *arg)
 		while (!f->stop && !read_packet(c, &type, body, sizeof body, &len)) {
 			if ((type & 0xf0) == 0x80 && len >= 2) {
 				uint8_t ack[] = { 0x90, 0x03, body[0], body[1], 0x01 };
-				(void)!write(c, ack, sizeof ack);
+				/* before the SUBACK: the client may check it as soon as
+				 * the SUBACK arrives */
 				f->subscribed = true;
+				(void)!write(c, ack, sizeof ack);
 			} else if ((type & 0xf0) == 0xc0) {
 				static const uint8_t pong[] = { 0xd0, 0x00 };
 				(void)!write(c, pong, sizeof pong);

@@ -1275,6 +1275,55 @@ static void test_reads(void **state)
 
 /* --- persistence, growth, read-only ------------------------------------------- */
 
+/* Agent figures: opaque blobs by agent id, replaced on put, kept across a reopen. */
+static int agents_put_fn(struct store_txn *t, void *arg)
+{
+	(void)arg;
+	static const uint8_t a1[] = { 1, 2, 3 }, a2[] = { 9 }, a1b[] = { 4, 5 };
+	int rc = store_agent_put(t, "b-agent", a2, sizeof a2);
+	if (rc == 0)
+		rc = store_agent_put(t, "a-agent", a1, sizeof a1);
+	if (rc == 0)
+		rc = store_agent_put(t, "a-agent", a1b, sizeof a1b); /* replaces */
+	return rc;
+}
+
+static int agents_collect(const char *agent, const uint8_t *blob, size_t len, void *arg)
+{
+	char *out = arg;
+	size_t n = strlen(out);
+	n += (size_t)snprintf(out + n, 256 - n, "%s:", agent);
+	for (size_t i = 0; i < len; i++)
+		n += (size_t)snprintf(out + n, 256 - n, "%u", blob[i]);
+	snprintf(out + n, 256 - n, ";");
+	return 0;
+}
+
+static int agents_scan_fn(struct store_txn *t, void *arg)
+{
+	return store_agents_scan(t, agents_collect, arg);
+}
+
+static int agents_bad_fn(struct store_txn *t, void *arg)
+{
+	(void)arg;
+	return store_agent_put(t, "", (const uint8_t *)"x", 1);
+}
+
+static void test_agents(void **state)
+{
+	struct fx *f = *state;
+	char seen[256] = "";
+	assert_int_equal(store_read(f->s, agents_scan_fn, seen), 0);
+	assert_string_equal(seen, "");
+	assert_int_equal(store_write(f->s, agents_put_fn, NULL), 0);
+	assert_int_equal(store_write(f->s, agents_bad_fn, NULL), -EINVAL);
+	store_close(f->s);
+	f->s = open_at(f->dir, 1 << 20, 256 << 20, false);
+	assert_int_equal(store_read(f->s, agents_scan_fn, seen), 0);
+	assert_string_equal(seen, "a-agent:45;b-agent:9;");
+}
+
 static void test_reopen(void **state)
 {
 	struct fx *f = *state;
@@ -1469,6 +1518,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_observer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_agents, setup, teardown),
 		cmocka_unit_test(test_map_growth),
 		cmocka_unit_test(test_store_full),
 		cmocka_unit_test_setup_teardown(test_read_only_beside_writer, setup, teardown),

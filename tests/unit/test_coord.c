@@ -1,0 +1,365 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_coord.c - the coordinator's turn without a broker: a real store in a
+ * temporary directory, and a fake publisher that records what coord hands
+ * it. Checks what reaches the outbox for submissions, refusals, answers on a
+ * Response Topic, duplicates and control; that messages are acked only after
+ * a commit; backpressure; and the outbox drain (order, deletion on delivery,
+ * resending after a reconnect).
+ */
+#include <errno.h>
+#include <ftw.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "config.h"
+#include "coord.h"
+#include "edgecoord/err.h"
+
+#define MAXPUB 256
+
+struct pub {
+	uint64_t seq;
+	char topic[256];
+	char payload[1024];
+	size_t len;
+	unsigned flags;
+	char corr[64];
+};
+
+struct fx {
+	char dir[64];
+	struct store *st;
+	struct coord *c;
+	bool connected;
+	size_t window;          /* publishes accepted before "window full" */
+	struct pub pubs[MAXPUB];
+	size_t npubs;
+};
+
+static int fake_publish(void *arg, uint64_t seq, const char *topic, const uint8_t *payload,
+			size_t len, unsigned flags, const uint8_t *corr, size_t corr_len)
+{
+	struct fx *f = arg;
+	if (!f->connected || f->npubs >= f->window || f->npubs >= MAXPUB)
+		return -EAGAIN;
+	struct pub *p = &f->pubs[f->npubs++];
+	p->seq = seq;
+	snprintf(p->topic, sizeof p->topic, "%s", topic);
+	p->len = len < sizeof p->payload - 1 ? len : sizeof p->payload - 1;
+	memcpy(p->payload, payload, p->len);
+	p->payload[p->len] = 0;
+	p->flags = flags;
+	snprintf(p->corr, sizeof p->corr, "%.*s", (int)corr_len, corr ? (const char *)corr : "");
+	return 0;
+}
+
+static bool fake_can(void *arg)
+{
+	struct fx *f = arg;
+	return f->connected && f->npubs < f->window;
+}
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb, (void)flag, (void)ftw;
+	return remove(p);
+}
+
+static int setup_with(void **state, uint64_t outbox_max)
+{
+	struct fx *f = calloc(1, sizeof *f);
+	snprintf(f->dir, sizeof f->dir, "%s/ec-coord-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+	assert_non_null(mkdtemp(f->dir));
+	struct store_opts so = { .dir = f->dir, .map_size = 4 << 20, .max_map_size = 64 << 20 };
+	assert_int_equal(store_open(&so, &f->st), 0);
+	struct coord_opts o = { .prefix = "ec", .node_id = "n1", .outbox_max = outbox_max,
+				.status_events = CONFIG_STATUS_MILESTONES };
+	limits_default(&o.limits);
+	struct coord_io io = { .publish = fake_publish, .can_publish = fake_can, .arg = f };
+	assert_int_equal(coord_new(f->st, &o, &io, &f->c), 0);
+	f->connected = true;
+	f->window = MAXPUB;
+	*state = f;
+	return 0;
+}
+
+static int setup(void **state)
+{
+	return setup_with(state, 0);
+}
+
+static int setup_small_outbox(void **state)
+{
+	return setup_with(state, 3);
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	coord_free(f->c);
+	store_close(f->st);
+	nftw(f->dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+/* Push one message and flush; returns whether it was acked. */
+static bool send_msg(struct fx *f, const char *topic, const char *payload, const char *resp,
+		     const char *corr)
+{
+	struct coord_msg m = {
+		.topic = topic, .payload = (const uint8_t *)payload, .len = strlen(payload),
+		.response_topic = resp, .corr = (const uint8_t *)corr, .corr_len = corr ? strlen(corr) : 0,
+	};
+	assert_int_equal(coord_push(f->c, &m), 0);
+	assert_int_equal(coord_flush(f->c, 1000), 0);
+	return m.ack;
+}
+
+static const struct pub *find(const struct fx *f, const char *topic, const char *needle)
+{
+	for (size_t i = 0; i < f->npubs; i++)
+		if (strcmp(f->pubs[i].topic, topic) == 0 &&
+		    (!needle || strstr(f->pubs[i].payload, needle)))
+			return &f->pubs[i];
+	return NULL;
+}
+
+static bool has(const struct pub *p, const char *needle)
+{
+	return p && strstr(p->payload, needle);
+}
+
+static void deliver_all(struct fx *f)
+{
+	for (size_t i = 0; i < f->npubs; i++)
+		coord_delivered(f->c, f->pubs[i].seq);
+}
+
+static void test_submit_statuses(void **state)
+{
+	struct fx *f = *state;
+	assert_true(send_msg(f, "ec/submit/dev1", "{\"task_id\":\"t1\",\"type\":\"echo\"}", NULL, NULL));
+	const struct pub *p = find(f, "ec/tasks/t1/status", "\"state\":\"accepted\"");
+	assert_non_null(p);
+	assert_true(p->flags & OUTBOX_RETAIN);
+	assert_true(p->flags & OUTBOX_EXPIRE);
+	assert_false(p->flags & OUTBOX_CBOR);
+	/* milestones: ready is not published */
+	assert_null(find(f, "ec/tasks/t1/status", "\"state\":\"ready\""));
+	assert_null(find(f, "ec/rejected/dev1", NULL));
+
+	/* a workflow gets one workflow status row for the turn */
+	assert_true(send_msg(f, "ec/submit", "{\"task_id\":\"wf\",\"type\":\"collaborative_task\","
+			     "\"steps\":[{\"task_id\":\"a\",\"type\":\"x\"},"
+			     "{\"task_id\":\"b\",\"type\":\"x\",\"depends_on\":[\"a\"]}]}", NULL, NULL));
+	size_t nwf = 0;
+	for (size_t i = 0; i < f->npubs; i++)
+		nwf += strcmp(f->pubs[i].topic, "ec/workflows/wf/status") == 0;
+	assert_int_equal(nwf, 1);
+	assert_non_null(find(f, "ec/workflows/wf/status", "\"total\":2"));
+	assert_non_null(find(f, "ec/tasks/wf:b/status", "\"workflow\":\"wf\""));
+}
+
+static void test_cbor_submitter_gets_cbor(void **state)
+{
+	struct fx *f = *state;
+	/* {"task_id": "c1", "type": "echo"} */
+	static const uint8_t cbor[] = { 0xa2, 0x67, 't', 'a', 's', 'k', '_', 'i', 'd', 0x62, 'c', '1',
+					0x64, 't', 'y', 'p', 'e', 0x64, 'e', 'c', 'h', 'o' };
+	struct coord_msg m = { .topic = "ec/submit/cb", .payload = cbor, .len = sizeof cbor };
+	assert_int_equal(coord_push(f->c, &m), 0);
+	assert_int_equal(coord_flush(f->c, 1000), 0);
+	assert_true(m.ack);
+	const struct pub *p = find(f, "ec/tasks/c1/status", NULL);
+	assert_non_null(p);
+	assert_true(p->flags & OUTBOX_CBOR);
+	assert_int_equal((uint8_t)p->payload[0] & 0xe0, 0xa0); /* a CBOR map */
+}
+
+static void test_rejections(void **state)
+{
+	struct fx *f = *state;
+	assert_true(send_msg(f, "ec/submit/dev2", "{\"task_id\":\"t1\",\"type\":\"echo\",\"prioity\":3}",
+			     NULL, NULL));
+	const struct pub *p = find(f, "ec/rejected/dev2", "\"error\":\"unknown_field\"");
+	assert_non_null(p);
+	assert_true(has(p, "prioity"));
+	assert_false(p->flags & OUTBOX_RETAIN);
+	assert_null(find(f, "ec/tasks/t1/status", NULL));
+
+	assert_true(send_msg(f, "ec/submit/dev2", "{not json", NULL, NULL));
+	assert_non_null(find(f, "ec/rejected/dev2", "\"error\":\"malformed\""));
+	/* a plain task that depends on a task nobody submitted */
+	assert_true(send_msg(f, "ec/submit/dev2",
+			     "{\"task_id\":\"t9\",\"type\":\"echo\",\"depends_on\":[\"ghost\"]}",
+			     NULL, NULL));
+	assert_non_null(find(f, "ec/rejected/dev2", "unknown_dependency"));
+	/* the same id with other content */
+	assert_true(send_msg(f, "ec/submit/dev2", "{\"task_id\":\"k\",\"type\":\"echo\"}", NULL, NULL));
+	assert_true(send_msg(f, "ec/submit/dev2", "{\"task_id\":\"k\",\"type\":\"other\"}", NULL, NULL));
+	assert_non_null(find(f, "ec/rejected/dev2", "\"error\":\"conflict\""));
+}
+
+static void test_response_topic(void **state)
+{
+	struct fx *f = *state;
+	assert_true(send_msg(f, "ec/submit/r", "[{\"task_id\":\"x1\",\"type\":\"e\"},"
+			     "{\"task_id\":\"x2\",\"type\":\"e\",\"depends_on\":[\"x1\"]}]",
+			     "me/answers", "c-42"));
+	const struct pub *p = find(f, "me/answers", NULL);
+	assert_non_null(p);
+	assert_string_equal(p->corr, "c-42");
+	assert_string_equal(p->payload,
+			    "{\"ok\":true,\"task_id\":null,\"task_ids\":[\"x1\",\"x2\"],\"state\":\"accepted\"}");
+	assert_false(p->flags & OUTBOX_RETAIN);
+
+	/* a duplicate is answered as one, with the current state */
+	f->npubs = 0;
+	assert_true(send_msg(f, "ec/submit/r", "{\"task_id\":\"x1\",\"type\":\"e\"}", "me/answers", "c-43"));
+	p = find(f, "me/answers", NULL);
+	assert_non_null(p);
+	assert_string_equal(p->corr, "c-43");
+	assert_true(has(p, "\"duplicate\":true"));
+	assert_true(has(p, "\"state\":\"ready\""));
+
+	/* a refusal goes to both places */
+	f->npubs = 0;
+	assert_true(send_msg(f, "ec/submit/r", "{\"type\":\"e\"}", "me/answers", "c-44"));
+	assert_non_null(find(f, "me/answers", "\"ok\":false"));
+	assert_non_null(find(f, "ec/rejected/r", "invalid_field"));
+}
+
+static void test_duplicate_republishes_status(void **state)
+{
+	struct fx *f = *state;
+	assert_true(send_msg(f, "ec/submit/d", "{\"task_id\":\"d1\",\"type\":\"e\"}", NULL, NULL));
+	f->npubs = 0;
+	/* same content, other key order and spacing */
+	assert_true(send_msg(f, "ec/submit/d", "{ \"type\": \"e\", \"task_id\": \"d1\" }", NULL, NULL));
+	assert_non_null(find(f, "ec/tasks/d1/status", "\"state\":\"ready\""));
+	assert_null(find(f, "ec/rejected/d", NULL));
+}
+
+static void test_control(void **state)
+{
+	struct fx *f = *state;
+	assert_true(send_msg(f, "ec/submit/c", "{\"task_id\":\"z\",\"type\":\"e\"}", NULL, NULL));
+	f->npubs = 0;
+	assert_true(send_msg(f, "ec/control/cancel", "{\"task_id\":\"z\"}", "me/a", "1"));
+	assert_non_null(find(f, "me/a", "{\"ok\":true,\"verb\":\"cancel\",\"task_id\":\"z\"}"));
+	assert_non_null(find(f, "ec/tasks/z/status", "\"state\":\"cancelled\""));
+	f->npubs = 0;
+	assert_true(send_msg(f, "ec/control/retry", "{\"task_id\":\"z\"}", "me/a", "2"));
+	assert_non_null(find(f, "me/a", "\"error\":\"not_dead\""));
+	assert_true(send_msg(f, "ec/control/cancel", "{\"task_id\":\"nope\"}", "me/a", "3"));
+	assert_non_null(find(f, "me/a", "\"error\":\"unknown_task\""));
+	assert_true(send_msg(f, "ec/control/drain", "{\"agent\":\"a1\"}", "me/a", "4"));
+	assert_non_null(find(f, "me/a", "\"error\":\"unknown_agent\""));
+	assert_true(send_msg(f, "ec/control/cancel", "{\"agent\":\"a1\"}", "me/a", "5"));
+	assert_non_null(find(f, "me/a", "\"error\":\"unknown_field\""));
+	/* an unknown verb is ignored, and acked */
+	assert_true(send_msg(f, "ec/control/explode", "{}", NULL, NULL));
+}
+
+static void test_outbox_drain(void **state)
+{
+	struct fx *f = *state;
+	f->connected = false;
+	for (int i = 0; i < 5; i++) {
+		char body[64];
+		snprintf(body, sizeof body, "{\"task_id\":\"o%d\",\"type\":\"e\"}", i);
+		/* the broker is away: statuses wait in the outbox, ingest goes on */
+		assert_true(send_msg(f, "ec/submit/o", body, NULL, NULL));
+	}
+	assert_int_equal(f->npubs, 0);
+	assert_int_equal(coord_outbox_len(f->c), 5);
+
+	f->connected = true;
+	f->window = 2; /* the client takes two at a time */
+	coord_resend_all(f->c);
+	assert_int_equal(coord_flush(f->c, 2000), 0);
+	assert_int_equal(f->npubs, 2);
+	assert_string_equal(f->pubs[0].topic, "ec/tasks/o0/status");
+	assert_string_equal(f->pubs[1].topic, "ec/tasks/o1/status");
+
+	/* the connection drops before the PUBACKs: both are sent again */
+	f->npubs = 0;
+	f->window = MAXPUB;
+	coord_resend_all(f->c);
+	assert_int_equal(coord_flush(f->c, 3000), 0);
+	assert_int_equal(f->npubs, 5);
+	for (int i = 0; i < 5; i++) {
+		char topic[64];
+		snprintf(topic, sizeof topic, "ec/tasks/o%d/status", i);
+		assert_string_equal(f->pubs[i].topic, topic); /* in order */
+	}
+	/* PUBACKs delete the rows; nothing is sent twice after that */
+	deliver_all(f);
+	f->npubs = 0;
+	assert_int_equal(coord_flush(f->c, 4000), 0);
+	assert_int_equal(coord_outbox_len(f->c), 0);
+	coord_resend_all(f->c);
+	assert_int_equal(coord_flush(f->c, 5000), 0);
+	assert_int_equal(f->npubs, 0);
+}
+
+static void test_backpressure(void **state)
+{
+	struct fx *f = *state; /* outbox_max 3 */
+	f->connected = false;
+	assert_true(send_msg(f, "ec/submit/b", "{\"task_id\":\"b1\",\"type\":\"e\"}", NULL, NULL));
+	assert_true(send_msg(f, "ec/submit/b", "{\"task_id\":\"b2\",\"type\":\"e\"}", NULL, NULL));
+	assert_true(send_msg(f, "ec/submit/b", "{\"task_id\":\"b3\",\"type\":\"e\"}", NULL, NULL));
+	/* the outbox is at its limit: the next submission waits at the broker */
+	assert_false(send_msg(f, "ec/submit/b", "{\"task_id\":\"b4\",\"type\":\"e\"}", NULL, NULL));
+	/* control still goes through */
+	assert_true(send_msg(f, "ec/control/cancel", "{\"task_id\":\"b1\"}", NULL, NULL));
+	/* the broker takes the backlog: ingest resumes */
+	f->connected = true;
+	coord_resend_all(f->c);
+	assert_int_equal(coord_flush(f->c, 1000), 0);
+	deliver_all(f);
+	assert_int_equal(coord_flush(f->c, 1000), 0);
+	assert_int_equal(coord_outbox_len(f->c), 0);
+	assert_true(send_msg(f, "ec/submit/b", "{\"task_id\":\"b4\",\"type\":\"e\"}", NULL, NULL));
+}
+
+static void test_bad_source(void **state)
+{
+	struct fx *f = *state;
+	char topic[400];
+	memset(topic, 'a', sizeof topic);
+	memcpy(topic, "ec/submit/", 10);
+	topic[sizeof topic - 1] = 0;
+	assert_true(send_msg(f, topic, "{\"task_id\":\"s\",\"type\":\"e\"}", NULL, NULL));
+	assert_non_null(find(f, "ec/rejected/anonymous", "source"));
+	/* a topic outside our prefix is acked and ignored */
+	size_t before = f->npubs;
+	assert_true(send_msg(f, "other/submit", "{\"task_id\":\"s\",\"type\":\"e\"}", NULL, NULL));
+	assert_int_equal(f->npubs, before);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_submit_statuses, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cbor_submitter_gets_cbor, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rejections, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_response_topic, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_duplicate_republishes_status, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_control, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_outbox_drain, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_backpressure, setup_small_outbox, teardown),
+		cmocka_unit_test_setup_teardown(test_bad_source, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
