@@ -4,10 +4,16 @@
  *
  * The rule that keeps this file honest: nothing leaves the process before the
  * transaction that justifies it has committed. Frames to agents (work, ack,
- * cancel, drain) and changes to the scheduler's in-memory view are collected
- * during the turn and carried out in committed(); if the transaction fails
- * they are dropped or undone, and the link events that caused them stay
- * queued for the next turn.
+ * cancel, drain) are collected during the turn and sent in committed(); if
+ * the transaction fails they are dropped and the link events that caused
+ * them stay queued for the next turn.
+ *
+ * The scheduler's in-memory view moves inside the turn, so that one
+ * transaction both takes a result and hands its slot to the next task: slots
+ * are released as results are applied and tasks are indexed as they become
+ * ready. That is safe to repeat (a released lease is released once; the store
+ * is asked again before any dispatch), which is what a failed transaction
+ * amounts to. Only removals from the ready index wait for the commit.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -84,16 +90,6 @@ struct outframe {                       /* a frame to send after the commit */
 	uint64_t timeout_ms;
 };
 
-struct readyent {                       /* a task that became ready this turn */
-	struct task_spec spec;          /* id, type, priority, agent, affinity only */
-	int64_t ready_ms;
-};
-
-struct finished {                       /* a dispatch that ended this turn */
-	uint64_t lease;
-	enum sched_outcome out;
-};
-
 #define VEC(T) struct { T *v; size_t n, cap; }
 
 struct fleet {
@@ -108,9 +104,7 @@ struct fleet {
 	size_t evs_applied;             /* how many the open transaction consumed */
 	/* this turn (reset by begin) */
 	VEC(struct outframe) out;
-	VEC(struct readyent) ready;
 	VEC(char *) unready;
-	VEC(struct finished) fin;
 	struct sched_decision picks[PICKS_MAX];
 	int npicks;
 	bool picked;                    /* picks made for this flush (reused on rerun) */
@@ -219,15 +213,17 @@ static void run_end(struct fleet *f, uint64_t lease, enum sched_outcome out)
 
 /* ---- per-turn collections ------------------------------------------------------------ */
 
+/*
+ * A dispatch ended: release its slot at once, inside the turn, so the same
+ * transaction can hand the slot to the next task (one commit per round trip
+ * instead of two). If the transaction then fails, the event that caused this
+ * stays queued and is applied again; run_end() of a lease already ended does
+ * nothing, so the slot is not released twice.
+ */
 static int finish(struct fleet *f, uint64_t lease, enum sched_outcome out)
 {
-	struct finished *e;
-	int rc = VEC_PUSH(f->fin, e);
-	if (rc == 0) {
-		e->lease = lease;
-		e->out = out;
-	}
-	return rc;
+	run_end(f, lease, out);
+	return 0;
 }
 
 static int send_later(struct fleet *f, int type, const char *agent, uint64_t lease,
@@ -271,20 +267,13 @@ static void outframe_fini(struct outframe *o)
 	free(o->inputs);
 }
 
-static void readyent_fini(struct readyent *r)
-{
-	task_spec_fini(&r->spec);
-}
-
 static void turn_reset(struct fleet *f)
 {
 	for (size_t i = 0; i < f->out.n; i++)
 		outframe_fini(&f->out.v[i]);
-	for (size_t i = 0; i < f->ready.n; i++)
-		readyent_fini(&f->ready.v[i]);
 	for (size_t i = 0; i < f->unready.n; i++)
 		free(f->unready.v[i]);
-	f->out.n = f->ready.n = f->unready.n = f->fin.n = 0;
+	f->out.n = f->unready.n = 0;
 	f->evs_applied = 0;
 	f->health_rows = false;
 }
@@ -973,29 +962,16 @@ static int hook_event(struct store_txn *t, const struct store_event *ev, void *a
 		return 0;
 	const struct task_rec *r = ev->task;
 	if (r->state == TS_READY) {
-		struct readyent *e;
-		int rc = VEC_PUSH(f->ready, e);
-		if (rc < 0)
-			return rc;
-		const struct task_spec *s = &r->spec;
-		memcpy(e->spec.id, s->id, sizeof e->spec.id);
-		memcpy(e->spec.type, s->type, sizeof e->spec.type);
-		e->spec.priority = s->priority;
-		e->ready_ms = r->ready_ms ? r->ready_ms : f->now_real;
-		if (s->agent && !(e->spec.agent = strdup(s->agent)))
-			return -ENOMEM;
-		if (s->naffinity) {
-			e->spec.affinity = calloc(s->naffinity, sizeof *e->spec.affinity);
-			if (!e->spec.affinity)
-				return -ENOMEM;
-			e->spec.naffinity = s->naffinity;
-			for (uint32_t i = 0; i < s->naffinity; i++) {
-				e->spec.affinity[i].key = strdup(s->affinity[i].key);
-				e->spec.affinity[i].value = strdup(s->affinity[i].value);
-				if (!e->spec.affinity[i].key || !e->spec.affinity[i].value)
-					return -ENOMEM;
-			}
-		}
+		/* Indexed at once, so this turn's dispatch can take it. Should the
+		 * transaction fail, a pick of a task the store does not have as
+		 * ready is dropped by dispatch_one(). */
+		sched_ready_remove(f->sc, r->spec.id); /* a re-ready task moves to the back */
+		int rc = sched_ready_add_spec(f->sc, &r->spec,
+					      r->ready_ms ? r->ready_ms : f->now_real);
+		if (rc < 0 && rc != -EEXIST)
+			log_warnx("scheduler: cannot index ready task %s: %s", r->spec.id,
+				  ec_strerror(rc));
+		f->kick = true;
 		return 0;
 	}
 	if (ev->from == TS_READY && r->state != TS_DISPATCHED) {
@@ -1115,17 +1091,8 @@ static void hook_committed(int rc, void *arg)
 			sched_task_finished(f->sc, d->agent, d->type, SCHED_OUT_ABORT, 0,
 					    f->now_mono);
 	}
-	for (size_t i = 0; i < f->fin.n; i++)
-		run_end(f, f->fin.v[i].lease, f->fin.v[i].out);
-	for (size_t i = 0; i < f->ready.n; i++) {
-		struct readyent *e = &f->ready.v[i];
-		sched_ready_remove(f->sc, e->spec.id); /* a re-ready task moves to the back */
-		if (sched_ready_add_spec(f->sc, &e->spec, e->ready_ms) < 0)
-			log_warnx("scheduler: cannot index ready task %s", e->spec.id);
-		f->kick = true;
-	}
 	send_frames(f);
-	if (f->npicks || f->fin.n)
+	if (f->npicks)
 		f->figures_dirty = true;
 	f->npicks = 0;
 	f->picked = false;
@@ -1342,9 +1309,7 @@ void fleet_free(struct fleet *f)
 	free(f->runs.v);
 	free(f->evs.v);
 	free(f->out.v);
-	free(f->ready.v);
 	free(f->unready.v);
-	free(f->fin.v);
 	free(f);
 }
 
