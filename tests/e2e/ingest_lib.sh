@@ -8,8 +8,8 @@
 CBOR_PY="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/cbor.py"
 
 # Starts the coordinator NAME (log $WORK/NAME.log) on our broker with its
-# data in $WORK/data (node id n1, so client id edgecoord-n1) unless the extra
-# arguments say otherwise. No PKI: the agent listener is off. Returns once the
+# data in $EC_DATA (default $WORK/data) and node id $EC_NODE (default n1, so
+# client id edgecoord-n1). No PKI: the agent listener is off. Returns once the
 # daemon is connected to the broker (a new MQTT-CONNECTED line in its log).
 #   ec_start NAME [edgecoord args...]
 ec_start() {
@@ -18,7 +18,7 @@ ec_start() {
 	need_bin edgecoord
 	before=$(_ec_connects "$name")
 	start_bg "$name" "$EC_BIN/edgecoord" --broker "$MQTT_URI" \
-		--data-dir "$WORK/data" --node-id n1 "$@"
+		--data-dir "${EC_DATA:-$WORK/data}" --node-id "${EC_NODE:-n1}" "$@"
 	wait_until 20 _ec_connected "$name" "$before" ||
 		fail "$name did not connect to the broker"
 }
@@ -84,8 +84,8 @@ for line in open(sys.argv[2], errors="replace"):
 EOF
 }
 
-# Counts tasks in the store: edgecoordctl --json tasks, one object each.
+# Counts tasks in the store ($EC_DATA): edgecoordctl --json tasks [args].
 ctl_task_count() {
-	"$EC_BIN/edgecoordctl" --data-dir "$WORK/data" --json tasks "$@" |
+	"$EC_BIN/edgecoordctl" --data-dir "${EC_DATA:-$WORK/data}" --json tasks "$@" |
 		python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
 }
