@@ -20,6 +20,11 @@
 
 enum prep_kind { P_IGNORE = 0, P_SUBMIT, P_CONTROL };
 
+/* Delivered outbox rows are deleted with the next transaction, or in one of
+ * their own once this many wait or the oldest has waited this long. */
+#define DONE_BATCH 1024
+#define DONE_DELAY_MS 250
+
 struct prep {
 	struct coord_msg *m;
 	enum prep_kind kind;
@@ -42,6 +47,7 @@ struct coord {
 	size_t nin, capin;
 	uint64_t *done;                 /* delivered outbox rows to delete */
 	size_t ndone, capdone;
+	int64_t done_since;             /* when the oldest of done[] was delivered */
 	uint64_t sent_upto;             /* rows up to here were handed to io */
 	uint64_t outbox_len;
 	int64_t now_ms;                 /* timestamp for the rows of this flush */
@@ -538,6 +544,11 @@ void coord_resend_all(struct coord *c)
 	c->sent_upto = 0;
 }
 
+int64_t coord_next_due(const struct coord *c)
+{
+	return c->ndone ? (c->done_since ? c->done_since : 0) + DONE_DELAY_MS : -1;
+}
+
 uint64_t coord_outbox_len(struct coord *c)
 {
 	return c->outbox_len;
@@ -550,7 +561,17 @@ int coord_flush(struct coord *c, int64_t now_ms)
 
 	c->now_ms = now_ms;
 	bool hook_work = c->hooks.pending && c->hooks.pending(c->hooks.arg);
-	if (c->nin == 0 && c->ndone == 0 && !hook_work) {
+	/*
+	 * Deleting delivered rows is worth no fsync of its own: if we die first,
+	 * those rows are published again (at least once is the promise). They
+	 * ride along with the next transaction, or get one when enough pile up
+	 * or they have waited long enough.
+	 */
+	if (c->ndone && !c->done_since)
+		c->done_since = now_ms;
+	bool deletes_due = c->ndone >= DONE_BATCH ||
+			   (c->ndone && now_ms - c->done_since >= DONE_DELAY_MS);
+	if (c->nin == 0 && !deletes_due && !hook_work) {
 		drain(c);
 		return 0;
 	}
@@ -576,6 +597,7 @@ int coord_flush(struct coord *c, int64_t now_ms)
 		for (size_t i = 0; i < f.n; i++)
 			f.preps[i].m->ack = !(f.preps[i].kind == P_SUBMIT && f.backpressure);
 		c->ndone = 0;
+		c->done_since = 0;
 	} else {
 		log_warnx("STORE-WRITE failed, %zu messages wait for redelivery: %s", f.n,
 			  ec_strerror(rc));

@@ -105,8 +105,13 @@ void coord_resend_all(struct coord *c);
 
 /* Apply everything queued in one transaction, set ->ack on the queued
  * messages, then publish from the outbox while io allows. Returns 0 or the
- * store's error (then no message is acked; they are redelivered later). */
+ * store's error (then no message is acked; they are redelivered later).
+ * Deliveries alone do not cause a transaction until enough have piled up or
+ * the oldest has waited a while: coord_next_due() says when. */
 int coord_flush(struct coord *c, int64_t now_ms);
+
+/* When (in coord_flush's clock) delivered rows are due for deletion, or -1. */
+int64_t coord_next_due(const struct coord *c);
 
 /* Outbox rows not yet acknowledged by the broker. */
 uint64_t coord_outbox_len(struct coord *c);

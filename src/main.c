@@ -56,8 +56,7 @@ static void usage(FILE *f)
 	      "                 [--node-id ID] [--topic-prefix P] [--ca FILE --cert FILE --key FILE]\n"
 	      "                 [--log-level error|warn|info|debug] [--check-config] [--version]\n"
 	      "                 [--help]\n\n"
-	      "Every flag has a configuration key, and flags win over the file.\n"
-	      "Configuration keys ([section] key = value):\n",
+	      "Every flag has a configuration key, and flags win over the file.\n",
 	      f);
 	config_print_reference(f, false);
 }
@@ -318,8 +317,11 @@ static void tr_state(void *ctx, const char *agent, enum link_agent_state st, con
 static int64_t next_due(void *arg)
 {
 	struct daemon *d = arg;
-	int64_t now = loop_now_ms();
-	int64_t due = fleet_next_due(d->fleet, now, loop_realtime_ms());
+	int64_t now = loop_now_ms(), real = loop_realtime_ms();
+	int64_t due = fleet_next_due(d->fleet, now, real);
+	int64_t cd = coord_next_due(d->coord); /* on the realtime clock */
+	if (cd >= 0 && now + (cd - real) < due)
+		due = now + (cd - real);
 	if (d->link) {
 		int64_t l = (int64_t)link_next_due(d->link);
 		if (l < due)

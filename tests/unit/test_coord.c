@@ -302,11 +302,16 @@ static void test_outbox_drain(void **state)
 		snprintf(topic, sizeof topic, "ec/tasks/o%d/status", i);
 		assert_string_equal(f->pubs[i].topic, topic); /* in order */
 	}
-	/* PUBACKs delete the rows; nothing is sent twice after that */
+	/* PUBACKs delete the rows (not at once: deletions wait for company or
+	 * for a quarter second); nothing is sent twice after that */
 	deliver_all(f);
 	f->npubs = 0;
 	assert_int_equal(coord_flush(f->c, 4000), 0);
+	assert_int_equal(coord_outbox_len(f->c), 5);
+	assert_true(coord_next_due(f->c) > 4000);
+	assert_int_equal(coord_flush(f->c, coord_next_due(f->c)), 0);
 	assert_int_equal(coord_outbox_len(f->c), 0);
+	assert_int_equal(coord_next_due(f->c), -1);
 	coord_resend_all(f->c);
 	assert_int_equal(coord_flush(f->c, 5000), 0);
 	assert_int_equal(f->npubs, 0);
@@ -329,6 +334,7 @@ static void test_backpressure(void **state)
 	assert_int_equal(coord_flush(f->c, 1000), 0);
 	deliver_all(f);
 	assert_int_equal(coord_flush(f->c, 1000), 0);
+	assert_int_equal(coord_flush(f->c, 2000), 0);
 	assert_int_equal(coord_outbox_len(f->c), 0);
 	assert_true(send_msg(f, "ec/submit/b", "{\"task_id\":\"b4\",\"type\":\"e\"}", NULL, NULL));
 }
