@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agentrec.h"
 #include "cbw.h"
 #include "codec.h"
 #include "edgecoord/err.h"
@@ -29,7 +30,7 @@
 #include "msg.h"
 #include "vec.h"
 
-#define DUR_WINDOW 64           /* recent task durations kept for p50 */
+#define DUR_WINDOW AGENTREC_DUR_MAX /* recent task durations kept for p50 */
 #define PICKS_MAX 256           /* dispatch decisions per turn */
 #define FIGURES_PERIOD_MS 1000  /* health figures (running, rates) at most this often */
 
@@ -157,20 +158,9 @@ static const char *agent_state_name(const struct agent *a)
 	return a->state == A_SUSPECT ? "suspect" : "online";
 }
 
-static int cmp_u32(const void *a, const void *b)
-{
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-	return x < y ? -1 : x > y;
-}
-
 static uint32_t agent_p50(const struct agent *a)
 {
-	uint32_t tmp[DUR_WINDOW];
-	if (!a->ndur)
-		return 0;
-	memcpy(tmp, a->dur, a->ndur * sizeof *tmp);
-	qsort(tmp, a->ndur, sizeof *tmp, cmp_u32);
-	return tmp[a->ndur / 2];
+	return agentrec_median(a->dur, a->ndur);
 }
 
 static void agent_changed(struct fleet *f, struct agent *a)
@@ -711,65 +701,43 @@ static int apply_dispatch(struct fleet *f, struct store_txn *t)
 
 /* ---- persisted figures -------------------------------------------------------------------------- */
 
-/*
- * An agent's figures in the store: a small fixed layout, little endian,
- * version first. Caps and labels are not kept: they come with every hello.
- *   u8 version=1, u32 slots, i64 last_seen, u64 ok, u64 failed,
- *   u8 ndur, u32 dur[ndur] (oldest first)
- */
-#define FIG_VERSION 1
-#define FIG_MAX (1 + 4 + 8 + 8 + 8 + 1 + 4 * DUR_WINDOW)
-
-static uint8_t *put_le(uint8_t *p, uint64_t v, int n)
+/* The agent's record in the store (agentrec.h), from the registry. */
+static size_t figures_encode(const struct agent *a, uint8_t buf[AGENTREC_MAX])
 {
-	for (int i = 0; i < n; i++)
-		*p++ = (uint8_t)(v >> (8 * i));
-	return p;
-}
-
-static uint64_t get_le(const uint8_t *p, int n)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < n; i++)
-		v |= (uint64_t)p[i] << (8 * i);
-	return v;
-}
-
-static size_t figures_encode(const struct agent *a, uint8_t buf[FIG_MAX])
-{
-	uint8_t *p = buf;
-	*p++ = FIG_VERSION;
-	p = put_le(p, a->slots, 4);
-	p = put_le(p, (uint64_t)a->last_seen_ms, 8);
-	p = put_le(p, a->ok, 8);
-	p = put_le(p, a->failed, 8);
-	*p++ = (uint8_t)a->ndur;
-	size_t first = a->ndur < DUR_WINDOW ? 0 : a->dur_pos;
+	struct agentrec r = { .slots = a->slots, .last_seen_ms = a->last_seen_ms, .ok = a->ok,
+			      .failed = a->failed, .ndur = (uint32_t)a->ndur };
+	snprintf(r.state, sizeof r.state, "%s", agent_state_name(a));
+	size_t first = a->ndur < DUR_WINDOW ? 0 : a->dur_pos, n = 0;
 	for (size_t i = 0; i < a->ndur; i++)
-		p = put_le(p, a->dur[(first + i) % DUR_WINDOW], 4);
-	return (size_t)(p - buf);
+		r.dur[i] = a->dur[(first + i) % DUR_WINDOW];
+	for (size_t i = 0; i < a->ncaps; i++) {
+		int k = snprintf(r.caps + n, sizeof r.caps - n, "%s%s", i ? "," : "", a->caps[i]);
+		if (k < 0 || (size_t)k >= sizeof r.caps - n)
+			break;
+		n += (size_t)k;
+	}
+	return agentrec_encode(&r, buf);
 }
 
 static int figures_load(const char *id, const uint8_t *b, size_t len, void *arg)
 {
 	struct fleet *f = arg;
+	struct agentrec r;
 	struct agent *a;
-	if (len < 30 || b[0] != FIG_VERSION || len != 30 + 4 * (size_t)b[29] ||
-	    b[29] > DUR_WINDOW) {
-		log_warnx("STORE agent figures of %s unreadable: ignored", id);
+	if (agentrec_decode(b, len, &r) < 0) {
+		log_warnx("STORE agent record of %s unreadable: ignored", id);
 		return 0;
 	}
 	int rc = VEC_PUSH(f->agents, a);
 	if (rc < 0)
 		return rc;
 	snprintf(a->id, sizeof a->id, "%s", id);
-	a->slots = (uint32_t)get_le(b + 1, 4);
-	a->last_seen_ms = (int64_t)get_le(b + 5, 8);
-	a->ok = get_le(b + 13, 8);
-	a->failed = get_le(b + 21, 8);
-	a->ndur = b[29];
-	for (size_t i = 0; i < a->ndur; i++)
-		a->dur[i] = (uint32_t)get_le(b + 30 + 4 * i, 4);
+	a->slots = r.slots;
+	a->last_seen_ms = r.last_seen_ms;
+	a->ok = r.ok;
+	a->failed = r.failed;
+	a->ndur = r.ndur < DUR_WINDOW ? r.ndur : DUR_WINDOW;
+	memcpy(a->dur, r.dur, a->ndur * sizeof *a->dur);
 	a->dur_pos = a->ndur % DUR_WINDOW;
 	a->state = A_OFFLINE; /* until it says hello */
 	return 0;
@@ -830,7 +798,7 @@ static int agent_row(struct fleet *f, struct store_txn *t, const struct agent *a
 		rc = store_outbox_put(t, topic, (uint8_t *)json, len, OUTBOX_RETAIN, NULL);
 	free(json);
 	if (rc == 0) {
-		uint8_t fig[FIG_MAX];
+		uint8_t fig[AGENTREC_MAX];
 		rc = store_agent_put(t, a->id, fig, figures_encode(a, fig));
 	}
 	return rc;

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "agentrec.h"
 #include "cbw.h"
 #include "codec.h"
 #include "edgecoord/err.h"
@@ -46,6 +47,7 @@ static void usage(FILE *f)
 	      "  workflow ID                        a workflow's steps as a tree\n"
 	      "  dot ID | mermaid ID                a workflow's DAG, colored by state\n"
 	      "  dead                               dead letters with their reasons\n"
+	      "  agents                             every agent the coordinator knows, as last published\n"
 	      "changes (through the control topics at --broker; default tcp://127.0.0.1:1883):\n"
 	      "  cancel ID | cancel --workflow ID\n"
 	      "  retry ID  | retry --workflow ID\n"
@@ -622,6 +624,94 @@ static int cmd_workflow(struct ctl *c, const char *how, int argc, char **argv)
 }
 
 
+/* ---- agents ------------------------------------------------------------------ */
+
+struct agents_ctx {
+	bool json;
+	struct cbw items;
+	size_t n;
+};
+
+static int agent_one(const char *agent, const uint8_t *blob, size_t len, void *arg)
+{
+	struct agents_ctx *c = arg;
+	struct agentrec r;
+	if (agentrec_decode(blob, len, &r) < 0) {
+		fprintf(stderr, "edgecoordctl: the record of agent %s is unreadable\n", agent);
+		return 0;
+	}
+	uint64_t done = r.ok + r.failed;
+	double rate = done ? (double)r.ok / (double)done : 1.0;
+	uint32_t p50 = agentrec_median(r.dur, r.ndur);
+	c->n++;
+	if (!c->json) {
+		char ts[48];
+		fmt_time(r.last_seen_ms, ts, sizeof ts);
+		printf("%-24s %-9s %5u %8llu %6.1f%% %7u  %-24s %s\n", agent, r.state, r.slots,
+		       (unsigned long long)done, 100.0 * rate, p50, ts, r.caps);
+		return 0;
+	}
+	cbw_map(&c->items, 9);
+	cbw_text(&c->items, "agent");
+	cbw_text(&c->items, agent);
+	cbw_text(&c->items, "state");
+	cbw_text(&c->items, r.state);
+	cbw_text(&c->items, "slots");
+	cbw_uint(&c->items, r.slots);
+	cbw_text(&c->items, "caps");
+	size_t ncaps = 0;
+	for (const char *p = r.caps; *p; p++)
+		ncaps += *p == ',';
+	ncaps += r.caps[0] != 0;
+	cbw_array(&c->items, ncaps);
+	for (const char *p = r.caps; *p;) {
+		size_t k = strcspn(p, ",");
+		cbw_textn(&c->items, p, k);
+		p += k + (p[k] == ',');
+	}
+	cbw_text(&c->items, "last_seen");
+	cbw_int(&c->items, r.last_seen_ms);
+	cbw_text(&c->items, "succeeded");
+	cbw_uint(&c->items, r.ok);
+	cbw_text(&c->items, "failed");
+	cbw_uint(&c->items, r.failed);
+	cbw_text(&c->items, "success_rate");
+	cbw_double(&c->items, rate);
+	cbw_text(&c->items, "p50_ms");
+	cbw_uint(&c->items, p50);
+	return 0;
+}
+
+static int agents_txn(struct store_txn *t, void *arg)
+{
+	return store_agents_scan(t, agent_one, arg);
+}
+
+static int cmd_agents(struct ctl *c)
+{
+	struct agents_ctx a = { .json = c->json };
+	cbw_init(&a.items);
+	if (!c->json)
+		printf("%-24s %-9s %5s %8s %7s %7s  %-24s %s\n", "AGENT", "STATE", "SLOTS", "TASKS",
+		       "OK", "P50_MS", "LAST_SEEN", "CAPS");
+	int rc = store_read(c->store, agents_txn, &a);
+	if (rc < 0) {
+		cbw_fini(&a.items);
+		return fail(rc, "reading the store");
+	}
+	if (!c->json) {
+		cbw_fini(&a.items);
+		return 0;
+	}
+	struct cbw w;
+	cbw_init(&w);
+	cbw_array(&w, a.n);
+	if (cbw_finish(&a.items) == 0 && a.items.len)
+		cbw_raw(&w, a.items.buf, a.items.len);
+	cbw_fini(&a.items);
+	return print_json(&w);
+}
+
 /* ---- changes: control topics ------------------------------------------------ */
 
 #define CTL_TIMEOUT_MS 10000
@@ -749,7 +839,8 @@ out:
 
 static bool is_query(const char *cmd)
 {
-	static const char *const q[] = { "tasks", "show", "workflow", "dot", "mermaid", "dead" };
+	static const char *const q[] = { "tasks", "show", "workflow", "dot", "mermaid", "dead",
+					  "agents" };
 	for (size_t i = 0; i < sizeof q / sizeof q[0]; i++)
 		if (strcmp(cmd, q[i]) == 0)
 			return true;
@@ -811,6 +902,8 @@ int main(int argc, char **argv)
 		ret = cmd_show(&c, argc, argv);
 	else if (strcmp(cmd, "dead") == 0)
 		ret = argc == 1 ? cmd_dead(&c) : 2;
+	else if (strcmp(cmd, "agents") == 0)
+		ret = argc == 1 ? cmd_agents(&c) : 2;
 	else
 		ret = cmd_workflow(&c, cmd, argc, argv);
 	store_close(c.store);

@@ -38,6 +38,16 @@ last_msg res "$P/tasks/b/result" | jcheck 'j["ok"] is False and j["error"] == "d
 	"a failing command's result"
 pass "stdout as JSON, string or null; stderr's tail as the error"
 
+# edgecoordctl agents reads what the fleet last published, from the store.
+agents_counted() {
+	ctl --json agents | jpy 'str(len(j) == 1 and j[0]["agent"] == "a1" and
+		j[0]["state"] == "online" and j[0]["succeeded"] == 3 and j[0]["failed"] == 1 and
+		"stubborn" in j[0]["caps"] and j[0]["slots"] == 4)' | grep -qx True
+}
+wait_until 5 agents_counted || fail "edgecoordctl agents: $(ctl --json agents)"
+ctl agents | grep -Eq '^a1 +online +4 ' || fail "edgecoordctl agents (table): $(ctl agents)"
+pass "edgecoordctl agents lists the agent with its state and outcome counts"
+
 submit t '{"task_id":"g","type":"stubborn","timeout":1}'
 wait_state g dead 15
 ctl --json show g | jcheck 'j["error"] == "timeout"' "timed-out task"
