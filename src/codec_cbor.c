@@ -421,7 +421,7 @@ uint32_t ctree_untag(const struct ctree *t, uint32_t i)
 
 /* ---- canonical encoding ---- */
 
-static void put_head(struct cbw *w, uint8_t major, uint64_t v)
+static void put_head(struct ec_cbor_w *w, uint8_t major, uint64_t v)
 {
 	uint8_t b[9];
 	size_t n;
@@ -439,7 +439,7 @@ static void put_head(struct cbw *w, uint8_t major, uint64_t v)
 	}
 	for (size_t i = 1; i < n; i++)
 		b[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
-	cbw_raw(w, b, n);
+	ec_cbor_w_raw(w, b, n);
 }
 
 struct kent {
@@ -459,7 +459,7 @@ static int kent_cmp(const void *a, const void *b)
 	return (x->kn > y->kn) - (x->kn < y->kn);
 }
 
-static int encode_map(const struct ctree *t, uint32_t i, struct cbw *w)
+static int encode_map(const struct ctree *t, uint32_t i, struct ec_cbor_w *w)
 {
 	uint64_t np = t->n[i].u;
 	put_head(w, 5, np);
@@ -472,12 +472,12 @@ static int encode_map(const struct ctree *t, uint32_t i, struct cbw *w)
 	int rc = 0;
 	uint32_t c = i + 1;
 	for (uint64_t p = 0; p < np; p++) {
-		struct cbw kw;
-		cbw_init(&kw);
+		struct ec_cbor_w kw;
+		ec_cbor_w_init(&kw);
 		rc = ctree_encode(t, c, &kw);
-		if (rc == 0 && (rc = cbw_finish(&kw)) == 0)
-			ks[p].k = cbw_take(&kw, &ks[p].kn);
-		cbw_fini(&kw);
+		if (rc == 0 && (rc = ec_cbor_w_finish(&kw)) == 0)
+			ks[p].k = ec_cbor_w_take(&kw, &ks[p].kn);
+		ec_cbor_w_fini(&kw);
 		if (rc < 0)
 			goto out;
 		c = t->n[c].end;
@@ -490,7 +490,7 @@ static int encode_map(const struct ctree *t, uint32_t i, struct cbw *w)
 			rc = CODEC_EDUPKEY;
 			goto out;
 		}
-		cbw_raw(w, ks[p].k, ks[p].kn);
+		ec_cbor_w_raw(w, ks[p].k, ks[p].kn);
 		if ((rc = ctree_encode(t, ks[p].v, w)) < 0)
 			goto out;
 	}
@@ -501,7 +501,7 @@ out:
 	return rc;
 }
 
-int ctree_encode(const struct ctree *t, uint32_t i, struct cbw *w)
+int ctree_encode(const struct ctree *t, uint32_t i, struct ec_cbor_w *w)
 {
 	const struct cnode *n = &t->n[i];
 	int rc = 0;
@@ -515,12 +515,12 @@ int ctree_encode(const struct ctree *t, uint32_t i, struct cbw *w)
 	case CN_BYTES:
 		put_head(w, 2, n->n);
 		if (n->n)
-			cbw_raw(w, n->s, n->n);
+			ec_cbor_w_raw(w, n->s, n->n);
 		break;
 	case CN_TEXT:
 		put_head(w, 3, n->n);
 		if (n->n)
-			cbw_raw(w, n->s, n->n);
+			ec_cbor_w_raw(w, n->s, n->n);
 		break;
 	case CN_ARRAY:
 		put_head(w, 4, n->u);
@@ -536,17 +536,17 @@ int ctree_encode(const struct ctree *t, uint32_t i, struct cbw *w)
 		break;
 	case CN_FLOAT:
 		/* one NaN, so that equal-looking items compare equal */
-		cbw_double(w, isnan(n->d) ? NAN : n->d);
+		ec_cbor_w_double(w, isnan(n->d) ? NAN : n->d);
 		break;
 	default: {
 		uint8_t b = n->type == CN_FALSE ? 0xf4 : n->type == CN_TRUE ? 0xf5 :
 			    n->type == CN_NULL ? 0xf6 : 0xf7;
-		cbw_raw(w, &b, 1);
+		ec_cbor_w_raw(w, &b, 1);
 		break;
 	}
 	}
 	if (rc == 0)
-		rc = cbw_finish(w);
+		rc = ec_cbor_w_finish(w);
 	return rc;
 }
 
@@ -565,18 +565,18 @@ int codec_cbor_canonical(const uint8_t *cbor, size_t len, uint32_t max_depth,
 	int rc = ctree_build(&t, cbor, len, max_depth);
 	if (rc < 0)
 		return rc;
-	struct cbw w;
-	cbw_init(&w);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
 	rc = ctree_encode(&t, 0, &w);
 	if (rc == CODEC_EDUPKEY)
 		rc = EC_EMALFORMED;
 	if (rc == 0) {
 		size_t n;
-		uint8_t *p = cbw_take(&w, &n);
+		uint8_t *p = ec_cbor_w_take(&w, &n);
 		*out = p;
 		*out_len = n;
 	}
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 	ctree_fini(&t);
 	return rc;
 }
@@ -603,11 +603,11 @@ bool codec_cbor_field_equals(const uint8_t *cbor, size_t len, const char *field,
 		if (t.n[key].type != CN_TEXT || t.n[key].n != flen ||
 		    (flen && memcmp(t.n[key].s, field, flen) != 0))
 			continue;
-		struct cbw w;
-		cbw_init(&w);
+		struct ec_cbor_w w;
+		ec_cbor_w_init(&w);
 		if (ctree_encode(&t, t.n[k].end, &w) == 0)
-			got = cbw_take(&w, &gn);
-		cbw_fini(&w);
+			got = ec_cbor_w_take(&w, &gn);
+		ec_cbor_w_fini(&w);
 		eq = got && gn == wn && memcmp(got, want, wn) == 0;
 		break;
 	}
@@ -621,18 +621,18 @@ out:
 
 /* ---- CBOR -> JSON ---- */
 
-static void out_str(struct cbw *w, const char *s, size_t n)
+static void out_str(struct ec_cbor_w *w, const char *s, size_t n)
 {
 	if (n)
-		cbw_raw(w, (const uint8_t *)s, n);
+		ec_cbor_w_raw(w, (const uint8_t *)s, n);
 }
 
-static void out_cstr(struct cbw *w, const char *s)
+static void out_cstr(struct ec_cbor_w *w, const char *s)
 {
 	out_str(w, s, strlen(s));
 }
 
-static void json_escape(struct cbw *w, const uint8_t *s, size_t n)
+static void json_escape(struct ec_cbor_w *w, const uint8_t *s, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
 	out_cstr(w, "\"");
@@ -655,7 +655,7 @@ static void json_escape(struct cbw *w, const uint8_t *s, size_t n)
 	out_cstr(w, "\"");
 }
 
-static void json_base64(struct cbw *w, const uint8_t *s, size_t n)
+static void json_base64(struct ec_cbor_w *w, const uint8_t *s, size_t n)
 {
 	static const char b64[] =
 		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -675,7 +675,7 @@ static void json_base64(struct cbw *w, const uint8_t *s, size_t n)
 }
 
 /* The shortest "%.Ng" that reads back as the same double. */
-static void json_double(struct cbw *w, double d)
+static void json_double(struct ec_cbor_w *w, double d)
 {
 	if (!isfinite(d)) {
 		out_cstr(w, "null");
@@ -690,7 +690,7 @@ static void json_double(struct cbw *w, double d)
 	out_cstr(w, b);
 }
 
-static int json_item(const struct ctree *t, uint32_t root, struct cbw *w);
+static int json_item(const struct ctree *t, uint32_t root, struct ec_cbor_w *w);
 
 /* A map key as JSON text: text as is, anything else as the JSON text of
  * its value (so 1 becomes "1"). Escaping a key that holds a key that holds
@@ -698,28 +698,28 @@ static int json_item(const struct ctree *t, uint32_t root, struct cbw *w);
  * capped: without the cap 40 bytes of CBOR asked for gigabytes. */
 #define JSON_KEY_MAX 4096
 
-static int json_key(const struct ctree *t, uint32_t k, struct cbw *w)
+static int json_key(const struct ctree *t, uint32_t k, struct ec_cbor_w *w)
 {
 	k = ctree_untag(t, k);
 	if (t->n[k].type == CN_TEXT) {
 		json_escape(w, t->n[k].s, t->n[k].n);
-		return cbw_finish(w);
+		return ec_cbor_w_finish(w);
 	}
-	struct cbw kw;
-	cbw_init(&kw);
+	struct ec_cbor_w kw;
+	ec_cbor_w_init(&kw);
 	int rc = json_item(t, k, &kw);
 	if (rc == 0 && kw.len > JSON_KEY_MAX)
 		rc = EC_EMALFORMED;
 	if (rc == 0)
 		json_escape(w, kw.buf, kw.len);
-	cbw_fini(&kw);
-	return rc ? rc : cbw_finish(w);
+	ec_cbor_w_fini(&kw);
+	return rc ? rc : ec_cbor_w_finish(w);
 }
 
 /* One item and its subtree, iteratively: a stack of open containers, each
  * closed when the walk passes its end. Only non-text map keys recurse, and
  * the tree's depth bounds that. */
-static int json_item(const struct ctree *t, uint32_t root, struct cbw *w)
+static int json_item(const struct ctree *t, uint32_t root, struct ec_cbor_w *w)
 {
 	struct open {
 		uint32_t end;
@@ -788,14 +788,14 @@ static int json_item(const struct ctree *t, uint32_t root, struct cbw *w)
 			break;
 		}
 		i++;
-		rc = cbw_finish(w);
+		rc = ec_cbor_w_finish(w);
 	}
 	while (ns) {
 		out_cstr(w, st[ns - 1].map ? "}" : "]");
 		ns--;
 	}
 	free(st);
-	return rc ? rc : cbw_finish(w);
+	return rc ? rc : ec_cbor_w_finish(w);
 }
 
 int codec_cbor_to_json(const uint8_t *cbor, size_t len, char **out, size_t *out_len)
@@ -804,20 +804,20 @@ int codec_cbor_to_json(const uint8_t *cbor, size_t len, char **out, size_t *out_
 	int rc = ctree_build(&t, cbor, len, CODEC_DEPTH_CAP);
 	if (rc < 0)
 		return rc == EC_ETOO_LARGE ? EC_EMALFORMED : rc;
-	struct cbw w;
-	cbw_init(&w);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
 	rc = json_item(&t, 0, &w);
 	uint8_t nul = 0;
-	cbw_raw(&w, &nul, 1);
+	ec_cbor_w_raw(&w, &nul, 1);
 	if (rc == 0)
-		rc = cbw_finish(&w);
+		rc = ec_cbor_w_finish(&w);
 	if (rc == 0) {
 		size_t n;
-		char *s = (char *)cbw_take(&w, &n);
+		char *s = (char *)ec_cbor_w_take(&w, &n);
 		*out = s;
 		*out_len = n - 1;
 	}
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 	ctree_fini(&t);
 	return rc;
 }

@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cbw.h"
+#include "edgecoord/proto.h"
 
 /* Internal: a map holds the same key twice. Public functions map it to
  * EC_EMALFORMED (conversions) or EC_EINVALID_FIELD (submissions). */
@@ -81,7 +81,7 @@ static inline uint32_t ctree_next(const struct ctree *t, uint32_t i) { return t-
 
 /* Append the canonical encoding of node i to w. Returns 0, CODEC_EDUPKEY or
  * -ENOMEM. Recurses at most the tree's depth (bounded at build). */
-int ctree_encode(const struct ctree *t, uint32_t i, struct cbw *w);
+int ctree_encode(const struct ctree *t, uint32_t i, struct ec_cbor_w *w);
 
 /* codec_json_to_cbor(), except that a duplicate key is CODEC_EDUPKEY and,
  * when dupkey is not NULL, its text (cut to CODEC_DUPKEY_MAX - 1 bytes) is

@@ -97,16 +97,16 @@ static int jkey_cmp(const void *a, const void *b)
 	return (x->kn > y->kn) - (x->kn < y->kn);
 }
 
-static int conv(const cJSON *j, struct cbw *w, char *dupkey);
+static int conv(const cJSON *j, struct ec_cbor_w *w, char *dupkey);
 
-static int conv_object(const cJSON *j, struct cbw *w, char *dupkey)
+static int conv_object(const cJSON *j, struct ec_cbor_w *w, char *dupkey)
 {
 	size_t n = 0;
 	for (const cJSON *c = j->child; c; c = c->next)
 		n++;
-	cbw_map(w, n);
+	ec_cbor_w_map(w, n);
 	if (n == 0)
-		return cbw_finish(w);
+		return ec_cbor_w_finish(w);
 	struct jkey *ks = calloc(n, sizeof *ks);
 	if (!ks)
 		return -ENOMEM;
@@ -119,14 +119,14 @@ static int conv_object(const cJSON *j, struct cbw *w, char *dupkey)
 			rc = EC_EMALFORMED;
 			goto out;
 		}
-		struct cbw kw;
-		cbw_init(&kw);
-		cbw_textn(&kw, k, kl);
-		if ((rc = cbw_finish(&kw)) < 0) {
-			cbw_fini(&kw);
+		struct ec_cbor_w kw;
+		ec_cbor_w_init(&kw);
+		ec_cbor_w_textn(&kw, k, kl);
+		if ((rc = ec_cbor_w_finish(&kw)) < 0) {
+			ec_cbor_w_fini(&kw);
 			goto out;
 		}
-		ks[i].k = cbw_take(&kw, &ks[i].kn);
+		ks[i].k = ec_cbor_w_take(&kw, &ks[i].kn);
 		ks[i].v = c;
 	}
 	qsort(ks, n, sizeof *ks, jkey_cmp);
@@ -137,7 +137,7 @@ static int conv_object(const cJSON *j, struct cbw *w, char *dupkey)
 			rc = CODEC_EDUPKEY;
 			goto out;
 		}
-		cbw_raw(w, ks[i].k, ks[i].kn);
+		ec_cbor_w_raw(w, ks[i].k, ks[i].kn);
 		if ((rc = conv(ks[i].v, w, dupkey)) < 0)
 			goto out;
 	}
@@ -149,32 +149,32 @@ out:
 }
 
 /* Recursion depth is the text's nesting depth, checked by prescan(). */
-static int conv(const cJSON *j, struct cbw *w, char *dupkey)
+static int conv(const cJSON *j, struct ec_cbor_w *w, char *dupkey)
 {
 	if (cJSON_IsFalse(j)) {
-		cbw_bool(w, false);
+		ec_cbor_w_bool(w, false);
 	} else if (cJSON_IsTrue(j)) {
-		cbw_bool(w, true);
+		ec_cbor_w_bool(w, true);
 	} else if (cJSON_IsNull(j)) {
-		cbw_null(w);
+		ec_cbor_w_null(w);
 	} else if (cJSON_IsNumber(j)) {
 		double d = j->valuedouble;
 		if (!isfinite(d))
 			return EC_EMALFORMED; /* 1e999: no double holds it */
 		if (d == trunc(d) && d >= -9223372036854775808.0 && d < 9223372036854775808.0)
-			cbw_int(w, (int64_t)d);
+			ec_cbor_w_int(w, (int64_t)d);
 		else
-			cbw_double(w, d);
+			ec_cbor_w_double(w, d);
 	} else if (cJSON_IsString(j)) {
 		size_t n = strlen(j->valuestring);
 		if (!codec_utf8_valid((const uint8_t *)j->valuestring, n))
 			return EC_EMALFORMED;
-		cbw_textn(w, j->valuestring, n);
+		ec_cbor_w_textn(w, j->valuestring, n);
 	} else if (cJSON_IsArray(j)) {
 		size_t n = 0;
 		for (const cJSON *c = j->child; c; c = c->next)
 			n++;
-		cbw_array(w, n);
+		ec_cbor_w_array(w, n);
 		for (const cJSON *c = j->child; c; c = c->next) {
 			int rc = conv(c, w, dupkey);
 			if (rc < 0)
@@ -185,7 +185,7 @@ static int conv(const cJSON *j, struct cbw *w, char *dupkey)
 	} else {
 		return EC_EMALFORMED;
 	}
-	return cbw_finish(w);
+	return ec_cbor_w_finish(w);
 }
 
 int codec_json_canonical(const char *json, size_t len, uint32_t max_depth, uint8_t **out,
@@ -214,16 +214,16 @@ int codec_json_canonical(const char *json, size_t len, uint32_t max_depth, uint8
 		free(text);
 		return EC_EMALFORMED;
 	}
-	struct cbw w;
-	cbw_init(&w);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
 	rc = conv(root, &w, dupkey);
 	if (rc == 0) {
 		size_t n;
-		uint8_t *p = cbw_take(&w, &n);
+		uint8_t *p = ec_cbor_w_take(&w, &n);
 		*out = p;
 		*out_len = n;
 	}
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 	cJSON_Delete(root);
 	free(text);
 	return rc;

@@ -229,20 +229,20 @@ static char *join_id(const char *wf, const uint8_t *s, size_t n)
 /* Canonical CBOR of any value (new), within max_payload_bytes. */
 static int canonical(struct walk *w, uint32_t i, const char *what, uint8_t **out, size_t *len)
 {
-	struct cbw cw;
-	cbw_init(&cw);
+	struct ec_cbor_w cw;
+	ec_cbor_w_init(&cw);
 	int rc = ctree_encode(w->t, i, &cw);
 	if (rc == CODEC_EDUPKEY) {
-		cbw_fini(&cw);
+		ec_cbor_w_fini(&cw);
 		return fail(w, EC_EINVALID_FIELD, "%s: a map holds the same key twice", what);
 	}
 	if (rc < 0) {
-		cbw_fini(&cw);
+		ec_cbor_w_fini(&cw);
 		return fail(w, rc, "out of memory");
 	}
 	if (cw.len > w->lim->max_payload_bytes) {
 		size_t n = cw.len;
-		cbw_fini(&cw);
+		ec_cbor_w_fini(&cw);
 		return fail(w, EC_ETOO_LARGE, "%s: %zu bytes encoded, over the limit of %zu", what,
 			    n, w->lim->max_payload_bytes);
 	}
@@ -253,12 +253,12 @@ static int canonical(struct walk *w, uint32_t i, const char *what, uint8_t **out
 	rc = codec_cbor_to_json(cw.buf, cw.len, &json, &jn);
 	free(json);
 	if (rc < 0) {
-		cbw_fini(&cw);
+		ec_cbor_w_fini(&cw);
 		if (rc == -ENOMEM)
 			return fail(w, rc, "out of memory");
 		return fail(w, EC_EINVALID_FIELD, "%s: a map key too large to show as JSON", what);
 	}
-	*out = cbw_take(&cw, len);
+	*out = ec_cbor_w_take(&cw, len);
 	return 0;
 }
 

@@ -21,7 +21,7 @@
 #include <string.h>
 
 #include "agentrec.h"
-#include "cbw.h"
+#include "edgecoord/proto.h"
 #include "codec.h"
 #include "edgecoord/err.h"
 #include "fleet.h"
@@ -615,19 +615,19 @@ static int build_inputs(struct store_txn *t, const struct task_spec *s, uint8_t 
 			goto out;
 		}
 	}
-	struct cbw w;
-	cbw_init(&w);
-	cbw_map(&w, n);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_map(&w, n);
 	for (uint32_t i = 0; i < s->ndeps; i++) {
 		if (!have[i])
 			continue;
-		cbw_text(&w, short_id(s->deps[i]));
-		cbw_raw(&w, res[i].result, res[i].result_len);
+		ec_cbor_w_text(&w, short_id(s->deps[i]));
+		ec_cbor_w_raw(&w, res[i].result, res[i].result_len);
 	}
-	rc = cbw_finish(&w);
+	rc = ec_cbor_w_finish(&w);
 	if (rc == 0)
-		*out = cbw_take(&w, out_len);
-	cbw_fini(&w);
+		*out = ec_cbor_w_take(&w, out_len);
+	ec_cbor_w_fini(&w);
 out:
 	for (uint32_t i = 0; res && have && i < s->ndeps; i++)
 		if (have[i])
@@ -751,7 +751,7 @@ static int agent_row(struct fleet *f, struct store_txn *t, const struct agent *a
 	char topic[MSG_TOPIC_MAX];
 	char *json;
 	size_t len;
-	struct cbw w;
+	struct ec_cbor_w w;
 	int rc;
 
 	if (a->known_to_sched)
@@ -759,38 +759,38 @@ static int agent_row(struct fleet *f, struct store_txn *t, const struct agent *a
 	else /* not connected since this start: its lifetime figures */
 		v.success_rate = a->ok + a->failed ? (double)a->ok / (double)(a->ok + a->failed)
 						   : 1.0;
-	cbw_init(&w);
-	cbw_map(&w, 10);
-	cbw_text(&w, "agent");
-	cbw_text(&w, a->id);
-	cbw_text(&w, "state");
-	cbw_text(&w, agent_state_name(a));
-	cbw_text(&w, "caps");
-	cbw_array(&w, a->ncaps);
+	ec_cbor_w_init(&w);
+	ec_cbor_w_map(&w, 10);
+	ec_cbor_w_text(&w, "agent");
+	ec_cbor_w_text(&w, a->id);
+	ec_cbor_w_text(&w, "state");
+	ec_cbor_w_text(&w, agent_state_name(a));
+	ec_cbor_w_text(&w, "caps");
+	ec_cbor_w_array(&w, a->ncaps);
 	for (size_t i = 0; i < a->ncaps; i++)
-		cbw_text(&w, a->caps[i]);
-	cbw_text(&w, "labels");
-	cbw_map(&w, a->nlabels);
+		ec_cbor_w_text(&w, a->caps[i]);
+	ec_cbor_w_text(&w, "labels");
+	ec_cbor_w_map(&w, a->nlabels);
 	for (size_t i = 0; i < a->nlabels; i++) {
-		cbw_text(&w, a->labels[i].key);
-		cbw_text(&w, a->labels[i].value);
+		ec_cbor_w_text(&w, a->labels[i].key);
+		ec_cbor_w_text(&w, a->labels[i].value);
 	}
-	cbw_text(&w, "slots");
-	cbw_uint(&w, a->slots);
-	cbw_text(&w, "running");
-	cbw_uint(&w, v.running);
-	cbw_text(&w, "last_seen");
-	cbw_int(&w, a->last_seen_ms);
-	cbw_text(&w, "success_rate");
-	cbw_double(&w, v.success_rate);
-	cbw_text(&w, "p50_ms");
-	cbw_uint(&w, agent_p50(a));
-	cbw_text(&w, "breakers_open");
-	cbw_uint(&w, v.breakers_open);
-	rc = cbw_finish(&w);
+	ec_cbor_w_text(&w, "slots");
+	ec_cbor_w_uint(&w, a->slots);
+	ec_cbor_w_text(&w, "running");
+	ec_cbor_w_uint(&w, v.running);
+	ec_cbor_w_text(&w, "last_seen");
+	ec_cbor_w_int(&w, a->last_seen_ms);
+	ec_cbor_w_text(&w, "success_rate");
+	ec_cbor_w_double(&w, v.success_rate);
+	ec_cbor_w_text(&w, "p50_ms");
+	ec_cbor_w_uint(&w, agent_p50(a));
+	ec_cbor_w_text(&w, "breakers_open");
+	ec_cbor_w_uint(&w, v.breakers_open);
+	rc = ec_cbor_w_finish(&w);
 	if (rc == 0)
 		rc = codec_cbor_to_json(w.buf, w.len, &json, &len);
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 	if (rc < 0)
 		return rc;
 	rc = msg_topic(topic, sizeof topic, f->o.prefix, "fleet/agents", a->id, NULL);
@@ -810,40 +810,40 @@ static int summary_row(struct fleet *f, struct store_txn *t)
 	char topic[MSG_TOPIC_MAX];
 	char *json;
 	size_t len;
-	struct cbw w;
+	struct ec_cbor_w w;
 	int rc;
 
 	for (size_t i = 0; i < f->agents.n; i++) {
 		const struct agent *a = &f->agents.v[i];
 		n[a->state == A_OFFLINE ? 2 : a->draining ? 3 : a->state == A_SUSPECT ? 1 : 0]++;
 	}
-	cbw_init(&w);
-	cbw_map(&w, 7);
-	cbw_text(&w, "online");
-	cbw_uint(&w, n[0]);
-	cbw_text(&w, "suspect");
-	cbw_uint(&w, n[1]);
-	cbw_text(&w, "offline");
-	cbw_uint(&w, n[2]);
-	cbw_text(&w, "draining");
-	cbw_uint(&w, n[3]);
-	cbw_text(&w, "agents");
-	cbw_array(&w, f->agents.n);
+	ec_cbor_w_init(&w);
+	ec_cbor_w_map(&w, 7);
+	ec_cbor_w_text(&w, "online");
+	ec_cbor_w_uint(&w, n[0]);
+	ec_cbor_w_text(&w, "suspect");
+	ec_cbor_w_uint(&w, n[1]);
+	ec_cbor_w_text(&w, "offline");
+	ec_cbor_w_uint(&w, n[2]);
+	ec_cbor_w_text(&w, "draining");
+	ec_cbor_w_uint(&w, n[3]);
+	ec_cbor_w_text(&w, "agents");
+	ec_cbor_w_array(&w, f->agents.n);
 	for (size_t i = 0; i < f->agents.n; i++) {
-		cbw_map(&w, 2);
-		cbw_text(&w, "agent");
-		cbw_text(&w, f->agents.v[i].id);
-		cbw_text(&w, "state");
-		cbw_text(&w, agent_state_name(&f->agents.v[i]));
+		ec_cbor_w_map(&w, 2);
+		ec_cbor_w_text(&w, "agent");
+		ec_cbor_w_text(&w, f->agents.v[i].id);
+		ec_cbor_w_text(&w, "state");
+		ec_cbor_w_text(&w, agent_state_name(&f->agents.v[i]));
 	}
-	cbw_text(&w, "load_cv");
-	cbw_double(&w, sched_load_cv(f->sc));
-	cbw_text(&w, "ts");
-	cbw_int(&w, f->now_real);
-	rc = cbw_finish(&w);
+	ec_cbor_w_text(&w, "load_cv");
+	ec_cbor_w_double(&w, sched_load_cv(f->sc));
+	ec_cbor_w_text(&w, "ts");
+	ec_cbor_w_int(&w, f->now_real);
+	rc = ec_cbor_w_finish(&w);
 	if (rc == 0)
 		rc = codec_cbor_to_json(w.buf, w.len, &json, &len);
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 	if (rc < 0)
 		return rc;
 	snprintf(topic, sizeof topic, "%s/fleet/health", f->o.prefix);

@@ -2,7 +2,7 @@
 /*
  * msg.h - the payloads edgecoord publishes (DESIGN 2, 3.4, 5): task status
  * events, results, workflow status, rejections, answers on a Response Topic,
- * and the coordinator's own state. Each is built once as CBOR with cbw and,
+ * and the coordinator's own state. Each is built once as CBOR with the ec_cbor_w writer and,
  * for a JSON submitter, converted with codec_cbor_to_json(), so the two
  * encodings can never drift apart. Topics are built here too.
  *

@@ -160,6 +160,21 @@ int ec_cbor_w_finish(struct ec_cbor_w *w)
 	return w->err;
 }
 
+uint8_t *ec_cbor_w_take(struct ec_cbor_w *w, size_t *len)
+{
+	uint8_t *p = w->buf;
+	size_t n = w->len;
+	if (w->err) { /* a partial item is worth nothing to the caller */
+		free(p);
+		p = NULL;
+		n = 0;
+	}
+	if (len)
+		*len = n;
+	memset(w, 0, sizeof(*w));
+	return p;
+}
+
 /* ---- CBOR reader ---------------------------------------------------- */
 
 static double half_to_double(uint16_t h)

@@ -9,7 +9,7 @@
  *
  * With --json every list is a JSON array of objects with at least task_id (or
  * agent) and state, and `show` one object. JSON is written by building CBOR
- * with cbw and converting it with codec_cbor_to_json, the same path the
+ * with the ec_cbor_w writer and converting it with codec_cbor_to_json, the same path the
  * daemon's messages take.
  */
 #include <errno.h>
@@ -21,7 +21,7 @@
 #include <time.h>
 
 #include "agentrec.h"
-#include "cbw.h"
+#include "edgecoord/proto.h"
 #include "codec.h"
 #include "edgecoord/err.h"
 #include "log.h"
@@ -63,14 +63,14 @@ static int fail(int rc, const char *what)
 }
 
 /* Render w (one CBOR item) as JSON on stdout. Consumes w. */
-static int print_json(struct cbw *w)
+static int print_json(struct ec_cbor_w *w)
 {
 	char *json;
 	size_t len;
-	int rc = cbw_finish(w);
+	int rc = ec_cbor_w_finish(w);
 	if (rc == 0)
 		rc = codec_cbor_to_json(w->buf, w->len, &json, &len);
-	cbw_fini(w);
+	ec_cbor_w_fini(w);
 	if (rc < 0)
 		return fail(rc, "rendering JSON");
 	printf("%s\n", json);
@@ -91,12 +91,12 @@ static void fmt_time(int64_t ms, char *buf, size_t len)
 		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
 }
 
-static void text_or_null(struct cbw *w, const char *s)
+static void text_or_null(struct ec_cbor_w *w, const char *s)
 {
 	if (s && *s)
-		cbw_text(w, s);
+		ec_cbor_w_text(w, s);
 	else
-		cbw_null(w);
+		ec_cbor_w_null(w);
 }
 
 /* ---- lists: tasks and dead ----------------------------------------------- */
@@ -105,7 +105,7 @@ struct list {
 	int state;              /* filter, -1 = any */
 	const char *workflow;   /* filter, NULL = any */
 	bool json, dead;
-	struct cbw items;       /* json: the elements, n of them */
+	struct ec_cbor_w items;       /* json: the elements, n of them */
 	size_t n;
 };
 
@@ -129,20 +129,20 @@ static int list_one(const struct task_rec *r, void *arg)
 			       r->agent[0] ? r->agent : "-", r->spec.type);
 		return 0;
 	}
-	cbw_map(&l->items, 7);
-	cbw_text(&l->items, "task_id");
-	cbw_text(&l->items, r->spec.id);
-	cbw_text(&l->items, "state");
-	cbw_text(&l->items, task_state_name(r->state));
-	cbw_text(&l->items, "type");
-	cbw_text(&l->items, r->spec.type);
-	cbw_text(&l->items, "workflow");
+	ec_cbor_w_map(&l->items, 7);
+	ec_cbor_w_text(&l->items, "task_id");
+	ec_cbor_w_text(&l->items, r->spec.id);
+	ec_cbor_w_text(&l->items, "state");
+	ec_cbor_w_text(&l->items, task_state_name(r->state));
+	ec_cbor_w_text(&l->items, "type");
+	ec_cbor_w_text(&l->items, r->spec.type);
+	ec_cbor_w_text(&l->items, "workflow");
 	text_or_null(&l->items, r->spec.workflow);
-	cbw_text(&l->items, "attempt");
-	cbw_uint(&l->items, r->attempt);
-	cbw_text(&l->items, "agent");
+	ec_cbor_w_text(&l->items, "attempt");
+	ec_cbor_w_uint(&l->items, r->attempt);
+	ec_cbor_w_text(&l->items, "agent");
 	text_or_null(&l->items, r->agent);
-	cbw_text(&l->items, "error");
+	ec_cbor_w_text(&l->items, "error");
 	text_or_null(&l->items, r->error);
 	return 0;
 }
@@ -159,26 +159,26 @@ static int list_txn(struct store_txn *t, void *arg)
 
 static int run_list(struct ctl *c, struct list *l)
 {
-	cbw_init(&l->items);
+	ec_cbor_w_init(&l->items);
 	if (!c->json && l->dead)
 		printf("%-40s %-24s %3s  %s\n", "TASK", "DIED", "ATT", "REASON");
 	else if (!c->json)
 		printf("%-40s %-10s %3s  %-16s %s\n", "TASK", "STATE", "ATT", "AGENT", "TYPE");
 	int rc = store_read(c->store, list_txn, l);
 	if (rc < 0) {
-		cbw_fini(&l->items);
+		ec_cbor_w_fini(&l->items);
 		return fail(rc, "reading the store");
 	}
 	if (!c->json) {
-		cbw_fini(&l->items);
+		ec_cbor_w_fini(&l->items);
 		return 0;
 	}
-	struct cbw w;
-	cbw_init(&w);
-	cbw_array(&w, l->n);
-	if (cbw_finish(&l->items) == 0 && l->items.len)
-		cbw_raw(&w, l->items.buf, l->items.len); /* the n elements, back to back */
-	cbw_fini(&l->items);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_array(&w, l->n);
+	if (ec_cbor_w_finish(&l->items) == 0 && l->items.len)
+		ec_cbor_w_raw(&w, l->items.buf, l->items.len); /* the n elements, back to back */
+	ec_cbor_w_fini(&l->items);
 	return print_json(&w);
 }
 
@@ -312,55 +312,55 @@ static int show_json(const struct show *s)
 {
 	const struct task_rec *r = &s->rec;
 	const struct task_spec *t = &r->spec;
-	struct cbw w;
+	struct ec_cbor_w w;
 
-	cbw_init(&w);
-	cbw_map(&w, 13);
-	cbw_text(&w, "task_id");
-	cbw_text(&w, t->id);
-	cbw_text(&w, "state");
-	cbw_text(&w, task_state_name(r->state));
-	cbw_text(&w, "type");
-	cbw_text(&w, t->type);
-	cbw_text(&w, "workflow");
+	ec_cbor_w_init(&w);
+	ec_cbor_w_map(&w, 13);
+	ec_cbor_w_text(&w, "task_id");
+	ec_cbor_w_text(&w, t->id);
+	ec_cbor_w_text(&w, "state");
+	ec_cbor_w_text(&w, task_state_name(r->state));
+	ec_cbor_w_text(&w, "type");
+	ec_cbor_w_text(&w, t->type);
+	ec_cbor_w_text(&w, "workflow");
 	text_or_null(&w, t->workflow);
-	cbw_text(&w, "priority");
-	cbw_uint(&w, t->priority ? t->priority : 5);
-	cbw_text(&w, "attempt");
-	cbw_uint(&w, r->attempt);
-	cbw_text(&w, "agent");
+	ec_cbor_w_text(&w, "priority");
+	ec_cbor_w_uint(&w, t->priority ? t->priority : 5);
+	ec_cbor_w_text(&w, "attempt");
+	ec_cbor_w_uint(&w, r->attempt);
+	ec_cbor_w_text(&w, "agent");
 	text_or_null(&w, r->agent);
-	cbw_text(&w, "source");
-	cbw_text(&w, r->source);
-	cbw_text(&w, "depends_on");
-	cbw_array(&w, t->ndeps);
+	ec_cbor_w_text(&w, "source");
+	ec_cbor_w_text(&w, r->source);
+	ec_cbor_w_text(&w, "depends_on");
+	ec_cbor_w_array(&w, t->ndeps);
 	for (uint32_t i = 0; i < t->ndeps; i++)
-		cbw_text(&w, t->deps[i]);
-	cbw_text(&w, "error");
+		ec_cbor_w_text(&w, t->deps[i]);
+	ec_cbor_w_text(&w, "error");
 	text_or_null(&w, r->error);
-	cbw_text(&w, "payload");
-	cbw_raw(&w, t->payload, t->payload_len);
-	cbw_text(&w, "result");
+	ec_cbor_w_text(&w, "payload");
+	ec_cbor_w_raw(&w, t->payload, t->payload_len);
+	ec_cbor_w_text(&w, "result");
 	if (s->have_res && s->res.ok)
-		cbw_raw(&w, s->res.result, s->res.result_len);
+		ec_cbor_w_raw(&w, s->res.result, s->res.result_len);
 	else
-		cbw_null(&w);
-	cbw_text(&w, "history");
-	cbw_array(&w, s->nhist);
+		ec_cbor_w_null(&w);
+	ec_cbor_w_text(&w, "history");
+	ec_cbor_w_array(&w, s->nhist);
 	for (size_t i = 0; i < s->nhist; i++) {
 		const struct history_ev *h = &s->hist[i];
-		cbw_map(&w, 6);
-		cbw_text(&w, "ts");
-		cbw_int(&w, h->ts_ms);
-		cbw_text(&w, "from");
-		cbw_text(&w, task_state_name(h->from));
-		cbw_text(&w, "to");
-		cbw_text(&w, task_state_name(h->to));
-		cbw_text(&w, "attempt");
-		cbw_uint(&w, h->attempt);
-		cbw_text(&w, "agent");
+		ec_cbor_w_map(&w, 6);
+		ec_cbor_w_text(&w, "ts");
+		ec_cbor_w_int(&w, h->ts_ms);
+		ec_cbor_w_text(&w, "from");
+		ec_cbor_w_text(&w, task_state_name(h->from));
+		ec_cbor_w_text(&w, "to");
+		ec_cbor_w_text(&w, task_state_name(h->to));
+		ec_cbor_w_text(&w, "attempt");
+		ec_cbor_w_uint(&w, h->attempt);
+		ec_cbor_w_text(&w, "agent");
 		text_or_null(&w, h->agent);
-		cbw_text(&w, "detail");
+		ec_cbor_w_text(&w, "detail");
 		text_or_null(&w, h->detail);
 	}
 	return print_json(&w);
@@ -569,30 +569,30 @@ static void print_mermaid(const struct wf_view *v)
 
 static int workflow_json(const struct wf_view *v)
 {
-	struct cbw w;
-	cbw_init(&w);
-	cbw_map(&w, 4);
-	cbw_text(&w, "workflow");
-	cbw_text(&w, v->wf.id);
-	cbw_text(&w, "state");
-	cbw_text(&w, workflow_state(&v->wf));
-	cbw_text(&w, "total");
-	cbw_uint(&w, v->wf.total);
-	cbw_text(&w, "steps");
-	cbw_array(&w, v->n);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_map(&w, 4);
+	ec_cbor_w_text(&w, "workflow");
+	ec_cbor_w_text(&w, v->wf.id);
+	ec_cbor_w_text(&w, "state");
+	ec_cbor_w_text(&w, workflow_state(&v->wf));
+	ec_cbor_w_text(&w, "total");
+	ec_cbor_w_uint(&w, v->wf.total);
+	ec_cbor_w_text(&w, "steps");
+	ec_cbor_w_array(&w, v->n);
 	for (size_t i = 0; i < v->n; i++) {
 		const struct task_rec *r = &v->steps[i];
-		cbw_map(&w, 4);
-		cbw_text(&w, "task_id");
-		cbw_text(&w, r->spec.id);
-		cbw_text(&w, "state");
-		cbw_text(&w, task_state_name(r->state));
-		cbw_text(&w, "attempt");
-		cbw_uint(&w, r->attempt);
-		cbw_text(&w, "depends_on");
-		cbw_array(&w, r->spec.ndeps);
+		ec_cbor_w_map(&w, 4);
+		ec_cbor_w_text(&w, "task_id");
+		ec_cbor_w_text(&w, r->spec.id);
+		ec_cbor_w_text(&w, "state");
+		ec_cbor_w_text(&w, task_state_name(r->state));
+		ec_cbor_w_text(&w, "attempt");
+		ec_cbor_w_uint(&w, r->attempt);
+		ec_cbor_w_text(&w, "depends_on");
+		ec_cbor_w_array(&w, r->spec.ndeps);
 		for (uint32_t d = 0; d < r->spec.ndeps; d++)
-			cbw_text(&w, r->spec.deps[d]);
+			ec_cbor_w_text(&w, r->spec.deps[d]);
 	}
 	return print_json(&w);
 }
@@ -628,7 +628,7 @@ static int cmd_workflow(struct ctl *c, const char *how, int argc, char **argv)
 
 struct agents_ctx {
 	bool json;
-	struct cbw items;
+	struct ec_cbor_w items;
 	size_t n;
 };
 
@@ -651,34 +651,34 @@ static int agent_one(const char *agent, const uint8_t *blob, size_t len, void *a
 		       (unsigned long long)done, 100.0 * rate, p50, ts, r.caps);
 		return 0;
 	}
-	cbw_map(&c->items, 9);
-	cbw_text(&c->items, "agent");
-	cbw_text(&c->items, agent);
-	cbw_text(&c->items, "state");
-	cbw_text(&c->items, r.state);
-	cbw_text(&c->items, "slots");
-	cbw_uint(&c->items, r.slots);
-	cbw_text(&c->items, "caps");
+	ec_cbor_w_map(&c->items, 9);
+	ec_cbor_w_text(&c->items, "agent");
+	ec_cbor_w_text(&c->items, agent);
+	ec_cbor_w_text(&c->items, "state");
+	ec_cbor_w_text(&c->items, r.state);
+	ec_cbor_w_text(&c->items, "slots");
+	ec_cbor_w_uint(&c->items, r.slots);
+	ec_cbor_w_text(&c->items, "caps");
 	size_t ncaps = 0;
 	for (const char *p = r.caps; *p; p++)
 		ncaps += *p == ',';
 	ncaps += r.caps[0] != 0;
-	cbw_array(&c->items, ncaps);
+	ec_cbor_w_array(&c->items, ncaps);
 	for (const char *p = r.caps; *p;) {
 		size_t k = strcspn(p, ",");
-		cbw_textn(&c->items, p, k);
+		ec_cbor_w_textn(&c->items, p, k);
 		p += k + (p[k] == ',');
 	}
-	cbw_text(&c->items, "last_seen");
-	cbw_int(&c->items, r.last_seen_ms);
-	cbw_text(&c->items, "succeeded");
-	cbw_uint(&c->items, r.ok);
-	cbw_text(&c->items, "failed");
-	cbw_uint(&c->items, r.failed);
-	cbw_text(&c->items, "success_rate");
-	cbw_double(&c->items, rate);
-	cbw_text(&c->items, "p50_ms");
-	cbw_uint(&c->items, p50);
+	ec_cbor_w_text(&c->items, "last_seen");
+	ec_cbor_w_int(&c->items, r.last_seen_ms);
+	ec_cbor_w_text(&c->items, "succeeded");
+	ec_cbor_w_uint(&c->items, r.ok);
+	ec_cbor_w_text(&c->items, "failed");
+	ec_cbor_w_uint(&c->items, r.failed);
+	ec_cbor_w_text(&c->items, "success_rate");
+	ec_cbor_w_double(&c->items, rate);
+	ec_cbor_w_text(&c->items, "p50_ms");
+	ec_cbor_w_uint(&c->items, p50);
 	return 0;
 }
 
@@ -690,25 +690,25 @@ static int agents_txn(struct store_txn *t, void *arg)
 static int cmd_agents(struct ctl *c)
 {
 	struct agents_ctx a = { .json = c->json };
-	cbw_init(&a.items);
+	ec_cbor_w_init(&a.items);
 	if (!c->json)
 		printf("%-24s %-9s %5s %8s %7s %7s  %-24s %s\n", "AGENT", "STATE", "SLOTS", "TASKS",
 		       "OK", "P50_MS", "LAST_SEEN", "CAPS");
 	int rc = store_read(c->store, agents_txn, &a);
 	if (rc < 0) {
-		cbw_fini(&a.items);
+		ec_cbor_w_fini(&a.items);
 		return fail(rc, "reading the store");
 	}
 	if (!c->json) {
-		cbw_fini(&a.items);
+		ec_cbor_w_fini(&a.items);
 		return 0;
 	}
-	struct cbw w;
-	cbw_init(&w);
-	cbw_array(&w, a.n);
-	if (cbw_finish(&a.items) == 0 && a.items.len)
-		cbw_raw(&w, a.items.buf, a.items.len);
-	cbw_fini(&a.items);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_array(&w, a.n);
+	if (ec_cbor_w_finish(&a.items) == 0 && a.items.len)
+		ec_cbor_w_raw(&w, a.items.buf, a.items.len);
+	ec_cbor_w_fini(&a.items);
 	return print_json(&w);
 }
 
@@ -767,18 +767,18 @@ static int ctl_control(const char *broker, const char *prefix, bool json, int ar
 	snprintf(reply, sizeof reply, "%s/ctl/reply/%s", prefix, client);
 	snprintf(topic, sizeof topic, "%s/control/%s", prefix, verb);
 	snprintf(corr, sizeof corr, "%lld", (long long)loop_realtime_ms());
-	struct cbw w;
-	cbw_init(&w);
-	cbw_map(&w, 1);
-	cbw_text(&w, key);
-	cbw_text(&w, id);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_map(&w, 1);
+	ec_cbor_w_text(&w, key);
+	ec_cbor_w_text(&w, id);
 	char *body;
 	size_t body_len;
-	if (cbw_finish(&w) < 0 || codec_cbor_to_json(w.buf, w.len, &body, &body_len) < 0) {
-		cbw_fini(&w);
+	if (ec_cbor_w_finish(&w) < 0 || codec_cbor_to_json(w.buf, w.len, &body, &body_len) < 0) {
+		ec_cbor_w_fini(&w);
 		return fail(-ENOMEM, "building the request");
 	}
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 	snprintf(payload, sizeof payload, "%s", body);
 	free(body);
 

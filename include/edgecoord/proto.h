@@ -178,6 +178,9 @@ void ec_cbor_w_array(struct ec_cbor_w *w, size_t n);
 /* Splice an encoded item; NULL/0 writes null. */
 void ec_cbor_w_raw(struct ec_cbor_w *w, const uint8_t *item, size_t n);
 int ec_cbor_w_finish(struct ec_cbor_w *w);  /* 0 or -ENOMEM */
+/* Hand the buffer to the caller (new; free()) and reset w; NULL (and *len 0)
+ * after a failed write. */
+uint8_t *ec_cbor_w_take(struct ec_cbor_w *w, size_t *len);
 
 /*
  * A CBOR reader over borrowed bytes. ec_cbor_next() reads one head: major

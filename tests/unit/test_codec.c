@@ -13,7 +13,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "cbw.h"
+#include "edgecoord/proto.h"
 #include "codec.h"
 #include "edgecoord/err.h"
 
@@ -1003,45 +1003,45 @@ static void test_sub_idempotent(void **state)
 			"\t\"payload\":{\"a\":[2.5,\"x\",{\"p\":true,\"q\":null}],\"z\":1e0},"
 			"\"type\":\"t\",\"depends_on\":[\"b\"],\"task_id\":\"a\"}";
 	/* the same in CBOR, keys in yet another order, indefinite and long forms */
-	struct cbw w;
-	cbw_init(&w);
-	cbw_raw(&w, (const uint8_t *)"\xbf", 1); /* indefinite map */
-	cbw_text(&w, "payload");
-	cbw_raw(&w, (const uint8_t *)"\xbf", 1);
-	cbw_text(&w, "a");
-	cbw_raw(&w, (const uint8_t *)"\x9f", 1);
-	cbw_raw(&w, (const uint8_t *)"\xf9\x41\x00", 3); /* 2.5 as a half float */
-	cbw_text(&w, "x");
-	cbw_map(&w, 2);
-	cbw_text(&w, "q");
-	cbw_null(&w);
-	cbw_text(&w, "p");
-	cbw_bool(&w, true);
-	cbw_raw(&w, (const uint8_t *)"\xff", 1);
-	cbw_text(&w, "z");
-	cbw_raw(&w, (const uint8_t *)"\x1b\0\0\0\0\0\0\0\x01", 9); /* 1, long form */
-	cbw_raw(&w, (const uint8_t *)"\xff", 1);
-	cbw_text(&w, "task_id");
-	cbw_text(&w, "a");
-	cbw_text(&w, "when");
-	cbw_map(&w, 3);
-	cbw_text(&w, "task");
-	cbw_text(&w, "b");
-	cbw_text(&w, "equals");
-	cbw_map(&w, 2);
-	cbw_text(&w, "y");
-	cbw_double(&w, 2.0);
-	cbw_text(&w, "x");
-	cbw_uint(&w, 1);
-	cbw_text(&w, "field");
-	cbw_text(&w, "f");
-	cbw_text(&w, "depends_on");
-	cbw_array(&w, 1);
-	cbw_text(&w, "b");
-	cbw_text(&w, "type");
-	cbw_text(&w, "t");
-	cbw_raw(&w, (const uint8_t *)"\xff", 1);
-	assert_int_equal(cbw_finish(&w), 0);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_raw(&w, (const uint8_t *)"\xbf", 1); /* indefinite map */
+	ec_cbor_w_text(&w, "payload");
+	ec_cbor_w_raw(&w, (const uint8_t *)"\xbf", 1);
+	ec_cbor_w_text(&w, "a");
+	ec_cbor_w_raw(&w, (const uint8_t *)"\x9f", 1);
+	ec_cbor_w_raw(&w, (const uint8_t *)"\xf9\x41\x00", 3); /* 2.5 as a half float */
+	ec_cbor_w_text(&w, "x");
+	ec_cbor_w_map(&w, 2);
+	ec_cbor_w_text(&w, "q");
+	ec_cbor_w_null(&w);
+	ec_cbor_w_text(&w, "p");
+	ec_cbor_w_bool(&w, true);
+	ec_cbor_w_raw(&w, (const uint8_t *)"\xff", 1);
+	ec_cbor_w_text(&w, "z");
+	ec_cbor_w_raw(&w, (const uint8_t *)"\x1b\0\0\0\0\0\0\0\x01", 9); /* 1, long form */
+	ec_cbor_w_raw(&w, (const uint8_t *)"\xff", 1);
+	ec_cbor_w_text(&w, "task_id");
+	ec_cbor_w_text(&w, "a");
+	ec_cbor_w_text(&w, "when");
+	ec_cbor_w_map(&w, 3);
+	ec_cbor_w_text(&w, "task");
+	ec_cbor_w_text(&w, "b");
+	ec_cbor_w_text(&w, "equals");
+	ec_cbor_w_map(&w, 2);
+	ec_cbor_w_text(&w, "y");
+	ec_cbor_w_double(&w, 2.0);
+	ec_cbor_w_text(&w, "x");
+	ec_cbor_w_uint(&w, 1);
+	ec_cbor_w_text(&w, "field");
+	ec_cbor_w_text(&w, "f");
+	ec_cbor_w_text(&w, "depends_on");
+	ec_cbor_w_array(&w, 1);
+	ec_cbor_w_text(&w, "b");
+	ec_cbor_w_text(&w, "type");
+	ec_cbor_w_text(&w, "t");
+	ec_cbor_w_raw(&w, (const uint8_t *)"\xff", 1);
+	assert_int_equal(ec_cbor_w_finish(&w), 0);
 
 	struct submission sa, sb, sc;
 	struct sub_error e;
@@ -1076,7 +1076,7 @@ static void test_sub_idempotent(void **state)
 	submission_fini(&sb);
 	submission_fini(&sc);
 	submission_fini(&sd);
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 }
 
 /* 10,000 steps in a chain pass; closing the chain into a ring is a cycle

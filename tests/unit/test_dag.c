@@ -8,7 +8,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "cbw.h"
+#include "edgecoord/proto.h"
 #include "dag.h"
 
 static char *deps2[] = { "a", "b" };
@@ -61,13 +61,13 @@ static void test_run_if(void **state)
 
 static uint8_t *verdict_map(const char *verdict, size_t *len)
 {
-	struct cbw w;
-	cbw_init(&w);
-	cbw_map(&w, 1);
-	cbw_text(&w, "verdict");
-	cbw_text(&w, verdict);
-	assert_int_equal(cbw_finish(&w), 0);
-	return cbw_take(&w, len);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_map(&w, 1);
+	ec_cbor_w_text(&w, "verdict");
+	ec_cbor_w_text(&w, verdict);
+	assert_int_equal(ec_cbor_w_finish(&w), 0);
+	return ec_cbor_w_take(&w, len);
 }
 
 static void test_when(void **state)
@@ -76,11 +76,11 @@ static void test_when(void **state)
 	struct task_spec s = spec(RUN_IF_ALL_SUCCEEDED);
 	size_t ok_len, bad_len, eq_len;
 	uint8_t *ok = verdict_map("ok", &ok_len), *badr = verdict_map("bad", &bad_len);
-	struct cbw w;
-	cbw_init(&w);
-	cbw_text(&w, "ok");
-	assert_int_equal(cbw_finish(&w), 0);
-	uint8_t *eq = cbw_take(&w, &eq_len);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_text(&w, "ok");
+	assert_int_equal(ec_cbor_w_finish(&w), 0);
+	uint8_t *eq = ec_cbor_w_take(&w, &eq_len);
 	s.when_task = "b";
 	s.when_field = "verdict";
 	s.when_equals = eq;

@@ -14,7 +14,7 @@
 #include <sys/wait.h>
 #include <cmocka.h>
 
-#include "cbw.h"
+#include "edgecoord/proto.h"
 #include "store_testutil.h"
 
 static const char *self_path;
@@ -680,24 +680,24 @@ static void test_chain_10000(void **state)
 
 static uint8_t *result_map(const char *field, const char *value, size_t *len)
 {
-	struct cbw w;
-	cbw_init(&w);
-	cbw_map(&w, 1);
-	cbw_text(&w, field);
-	cbw_text(&w, value);
-	assert_int_equal(cbw_finish(&w), 0);
-	return cbw_take(&w, len);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_map(&w, 1);
+	ec_cbor_w_text(&w, field);
+	ec_cbor_w_text(&w, value);
+	assert_int_equal(ec_cbor_w_finish(&w), 0);
+	return ec_cbor_w_take(&w, len);
 }
 
 static void set_when(struct task_spec *s, const char *task, const char *field, const char *eq)
 {
-	struct cbw w;
-	cbw_init(&w);
-	cbw_text(&w, eq);
-	assert_int_equal(cbw_finish(&w), 0);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_text(&w, eq);
+	assert_int_equal(ec_cbor_w_finish(&w), 0);
 	s->when_task = strdup(task);
 	s->when_field = strdup(field);
-	s->when_equals = cbw_take(&w, &s->when_equals_len);
+	s->when_equals = ec_cbor_w_take(&w, &s->when_equals_len);
 }
 
 static void test_skip_rules(void **state)

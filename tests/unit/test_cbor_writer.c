@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * test_cbw.c - the CBOR writer, byte for byte against the examples of
+ * test_cbor_writer.c - the CBOR writer (ec_cbor_w, proto.h), byte for byte against the examples of
  * RFC 8949 Appendix A (the ones a writer of definite, shortest-form items
  * and float64 doubles can produce).
  */
@@ -13,26 +13,26 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "cbw.h"
+#include "edgecoord/proto.h"
 
 /* Finish w and compare its bytes with the hex string want. */
-static void expect_hex(struct cbw *w, const char *want)
+static void expect_hex(struct ec_cbor_w *w, const char *want)
 {
-	assert_int_equal(cbw_finish(w), 0);
+	assert_int_equal(ec_cbor_w_finish(w), 0);
 	char got[1024] = "";
 	for (size_t i = 0; i < w->len && 2 * i + 2 < sizeof got; i++)
 		snprintf(got + 2 * i, 3, "%02x", w->buf[i]);
 	if (strcmp(got, want) != 0)
 		fail_msg("got %s, want %s", got, want);
-	cbw_fini(w);
-	cbw_init(w);
+	ec_cbor_w_fini(w);
+	ec_cbor_w_init(w);
 }
 
 static void test_uint(void **state)
 {
 	(void)state;
-	struct cbw w;
-	cbw_init(&w);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
 	static const struct {
 		uint64_t v;
 		const char *hex;
@@ -46,17 +46,17 @@ static void test_uint(void **state)
 		{ UINT64_MAX, "1bffffffffffffffff" },
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-		cbw_uint(&w, cases[i].v);
+		ec_cbor_w_uint(&w, cases[i].v);
 		expect_hex(&w, cases[i].hex);
 	}
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 }
 
 static void test_int(void **state)
 {
 	(void)state;
-	struct cbw w;
-	cbw_init(&w);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
 	static const struct {
 		int64_t v;
 		const char *hex;
@@ -66,130 +66,130 @@ static void test_int(void **state)
 		{ INT64_MIN, "3b7fffffffffffffff" }, { INT64_MAX, "1b7fffffffffffffff" },
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-		cbw_int(&w, cases[i].v);
+		ec_cbor_w_int(&w, cases[i].v);
 		expect_hex(&w, cases[i].hex);
 	}
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 }
 
 static void test_double_and_simple(void **state)
 {
 	(void)state;
-	struct cbw w;
-	cbw_init(&w);
-	cbw_double(&w, 1.1);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_double(&w, 1.1);
 	expect_hex(&w, "fb3ff199999999999a");
-	cbw_double(&w, 1.0e300);
+	ec_cbor_w_double(&w, 1.0e300);
 	expect_hex(&w, "fb7e37e43c8800759c");
-	cbw_double(&w, -4.1);
+	ec_cbor_w_double(&w, -4.1);
 	expect_hex(&w, "fbc010666666666666");
-	cbw_double(&w, 1.0); /* integral values stay float64 */
+	ec_cbor_w_double(&w, 1.0); /* integral values stay float64 */
 	expect_hex(&w, "fb3ff0000000000000");
-	cbw_bool(&w, false);
+	ec_cbor_w_bool(&w, false);
 	expect_hex(&w, "f4");
-	cbw_bool(&w, true);
+	ec_cbor_w_bool(&w, true);
 	expect_hex(&w, "f5");
-	cbw_null(&w);
+	ec_cbor_w_null(&w);
 	expect_hex(&w, "f6");
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 }
 
 static void test_strings(void **state)
 {
 	(void)state;
-	struct cbw w;
-	cbw_init(&w);
-	cbw_bytes(&w, NULL, 0);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_bytes(&w, NULL, 0);
 	expect_hex(&w, "40");
-	cbw_bytes(&w, (const uint8_t *)"\x01\x02\x03\x04", 4);
+	ec_cbor_w_bytes(&w, (const uint8_t *)"\x01\x02\x03\x04", 4);
 	expect_hex(&w, "4401020304");
-	cbw_text(&w, "");
+	ec_cbor_w_text(&w, "");
 	expect_hex(&w, "60");
-	cbw_text(&w, "a");
+	ec_cbor_w_text(&w, "a");
 	expect_hex(&w, "6161");
-	cbw_text(&w, "IETF");
+	ec_cbor_w_text(&w, "IETF");
 	expect_hex(&w, "6449455446");
-	cbw_text(&w, "\"\\");
+	ec_cbor_w_text(&w, "\"\\");
 	expect_hex(&w, "62225c");
-	cbw_text(&w, "\xc3\xbc");
+	ec_cbor_w_text(&w, "\xc3\xbc");
 	expect_hex(&w, "62c3bc");
-	cbw_text(&w, "\xe6\xb0\xb4");
+	ec_cbor_w_text(&w, "\xe6\xb0\xb4");
 	expect_hex(&w, "63e6b0b4");
-	cbw_textn(&w, "abc", 2);
+	ec_cbor_w_textn(&w, "abc", 2);
 	expect_hex(&w, "626162");
-	cbw_text(&w, NULL);
+	ec_cbor_w_text(&w, NULL);
 	expect_hex(&w, "f6");
 	/* a 24-byte string needs the one-byte length form */
-	cbw_text(&w, "abcdefghijklmnopqrstuvwx");
+	ec_cbor_w_text(&w, "abcdefghijklmnopqrstuvwx");
 	expect_hex(&w, "78186162636465666768696a6b6c6d6e6f707172737475767778");
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 }
 
 static void test_containers(void **state)
 {
 	(void)state;
-	struct cbw w;
-	cbw_init(&w);
-	cbw_array(&w, 0);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_array(&w, 0);
 	expect_hex(&w, "80");
-	cbw_array(&w, 3);
+	ec_cbor_w_array(&w, 3);
 	for (int i = 1; i <= 3; i++)
-		cbw_uint(&w, i);
+		ec_cbor_w_uint(&w, i);
 	expect_hex(&w, "83010203");
-	cbw_array(&w, 3);
-	cbw_uint(&w, 1);
-	cbw_array(&w, 2);
-	cbw_uint(&w, 2);
-	cbw_uint(&w, 3);
-	cbw_array(&w, 2);
-	cbw_uint(&w, 4);
-	cbw_uint(&w, 5);
+	ec_cbor_w_array(&w, 3);
+	ec_cbor_w_uint(&w, 1);
+	ec_cbor_w_array(&w, 2);
+	ec_cbor_w_uint(&w, 2);
+	ec_cbor_w_uint(&w, 3);
+	ec_cbor_w_array(&w, 2);
+	ec_cbor_w_uint(&w, 4);
+	ec_cbor_w_uint(&w, 5);
 	expect_hex(&w, "8301820203820405");
-	cbw_array(&w, 25);
+	ec_cbor_w_array(&w, 25);
 	for (int i = 1; i <= 25; i++)
-		cbw_uint(&w, i);
+		ec_cbor_w_uint(&w, i);
 	expect_hex(&w, "98190102030405060708090a0b0c0d0e0f101112131415161718181819");
-	cbw_map(&w, 0);
+	ec_cbor_w_map(&w, 0);
 	expect_hex(&w, "a0");
-	cbw_map(&w, 2);
-	cbw_uint(&w, 1);
-	cbw_uint(&w, 2);
-	cbw_uint(&w, 3);
-	cbw_uint(&w, 4);
+	ec_cbor_w_map(&w, 2);
+	ec_cbor_w_uint(&w, 1);
+	ec_cbor_w_uint(&w, 2);
+	ec_cbor_w_uint(&w, 3);
+	ec_cbor_w_uint(&w, 4);
 	expect_hex(&w, "a201020304");
-	cbw_map(&w, 2);
-	cbw_text(&w, "a");
-	cbw_uint(&w, 1);
-	cbw_text(&w, "b");
-	cbw_array(&w, 2);
-	cbw_uint(&w, 2);
-	cbw_uint(&w, 3);
+	ec_cbor_w_map(&w, 2);
+	ec_cbor_w_text(&w, "a");
+	ec_cbor_w_uint(&w, 1);
+	ec_cbor_w_text(&w, "b");
+	ec_cbor_w_array(&w, 2);
+	ec_cbor_w_uint(&w, 2);
+	ec_cbor_w_uint(&w, 3);
 	expect_hex(&w, "a26161016162820203");
-	cbw_array(&w, 2);
-	cbw_text(&w, "a");
-	cbw_map(&w, 1);
-	cbw_text(&w, "b");
-	cbw_text(&w, "c");
+	ec_cbor_w_array(&w, 2);
+	ec_cbor_w_text(&w, "a");
+	ec_cbor_w_map(&w, 1);
+	ec_cbor_w_text(&w, "b");
+	ec_cbor_w_text(&w, "c");
 	expect_hex(&w, "826161a161626163");
-	cbw_map(&w, 5);
+	ec_cbor_w_map(&w, 5);
 	const char *kv[] = { "a", "A", "b", "B", "c", "C", "d", "D", "e", "E" };
 	for (int i = 0; i < 10; i++)
-		cbw_text(&w, kv[i]);
+		ec_cbor_w_text(&w, kv[i]);
 	expect_hex(&w, "a56161614161626142616361436164614461656145");
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 }
 
 static void test_raw_and_take(void **state)
 {
 	(void)state;
-	struct cbw w;
-	cbw_init(&w);
-	cbw_array(&w, 2);
-	cbw_raw(&w, (const uint8_t *)"\x82\x01\x02", 3);
-	cbw_raw(&w, NULL, 0); /* writes null */
-	assert_int_equal(cbw_finish(&w), 0);
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_array(&w, 2);
+	ec_cbor_w_raw(&w, (const uint8_t *)"\x82\x01\x02", 3);
+	ec_cbor_w_raw(&w, NULL, 0); /* writes null */
+	assert_int_equal(ec_cbor_w_finish(&w), 0);
 	size_t n = 0;
-	uint8_t *p = cbw_take(&w, &n);
+	uint8_t *p = ec_cbor_w_take(&w, &n);
 	assert_non_null(p);
 	assert_int_equal(n, 5);
 	assert_memory_equal(p, "\x82\x82\x01\x02\xf6", 5);
@@ -197,19 +197,19 @@ static void test_raw_and_take(void **state)
 	/* take resets the writer; it is usable again, and fini accepts it */
 	assert_null(w.buf);
 	assert_int_equal(w.len, 0);
-	cbw_uint(&w, 7);
+	ec_cbor_w_uint(&w, 7);
 	expect_hex(&w, "07");
-	cbw_fini(&w);
-	cbw_fini(NULL);
+	ec_cbor_w_fini(&w);
+	ec_cbor_w_fini(NULL);
 	/* growth across many reallocations keeps every byte */
-	cbw_init(&w);
+	ec_cbor_w_init(&w);
 	for (int i = 0; i < 10000; i++)
-		cbw_uint(&w, 23);
-	assert_int_equal(cbw_finish(&w), 0);
+		ec_cbor_w_uint(&w, 23);
+	assert_int_equal(ec_cbor_w_finish(&w), 0);
 	assert_int_equal(w.len, 10000);
 	for (int i = 0; i < 10000; i++)
 		assert_int_equal(w.buf[i], 0x17);
-	cbw_fini(&w);
+	ec_cbor_w_fini(&w);
 }
 
 int main(void)
