@@ -116,6 +116,11 @@ struct fleet {
 	int64_t next_health_mono, next_figures_mono;
 	int64_t sweep_at_mono;          /* recovery: lost-check time, 0 = none */
 	bool kick;                      /* more work is possible right away */
+	/* Deadline success rate (issue: "deadlines feed the metric"): tasks with
+	 * a deadline that ended, and those of them that succeeded in time. Since
+	 * this start; the turn's share is added on commit. */
+	uint64_t deadline_ended, deadline_met;
+	uint32_t turn_deadline_ended, turn_deadline_met;
 	bool figures_dirty;
 };
 
@@ -264,6 +269,7 @@ static void turn_reset(struct fleet *f)
 	for (size_t i = 0; i < f->unready.n; i++)
 		free(f->unready.v[i]);
 	f->out.n = f->unready.n = 0;
+	f->turn_deadline_ended = f->turn_deadline_met = 0;
 	f->evs_applied = 0;
 	f->health_rows = false;
 }
@@ -818,7 +824,7 @@ static int summary_row(struct fleet *f, struct store_txn *t)
 		n[a->state == A_OFFLINE ? 2 : a->draining ? 3 : a->state == A_SUSPECT ? 1 : 0]++;
 	}
 	ec_cbor_w_init(&w);
-	ec_cbor_w_map(&w, 7);
+	ec_cbor_w_map(&w, 8);
 	ec_cbor_w_text(&w, "online");
 	ec_cbor_w_uint(&w, n[0]);
 	ec_cbor_w_text(&w, "suspect");
@@ -838,6 +844,11 @@ static int summary_row(struct fleet *f, struct store_txn *t)
 	}
 	ec_cbor_w_text(&w, "load_cv");
 	ec_cbor_w_double(&w, sched_load_cv(f->sc));
+	ec_cbor_w_text(&w, "deadline_success_rate"); /* null until a deadline task ends */
+	if (f->deadline_ended)
+		ec_cbor_w_double(&w, (double)f->deadline_met / (double)f->deadline_ended);
+	else
+		ec_cbor_w_null(&w);
 	ec_cbor_w_text(&w, "ts");
 	ec_cbor_w_int(&w, f->now_real);
 	rc = ec_cbor_w_finish(&w);
@@ -929,6 +940,11 @@ static int hook_event(struct store_txn *t, const struct store_event *ev, void *a
 	if (ev->kind != STORE_EV_TASK)
 		return 0;
 	const struct task_rec *r = ev->task;
+	if (r->spec.deadline_ms > 0 && task_state_final(r->state) && !task_state_final(ev->from)) {
+		f->turn_deadline_ended++;
+		f->turn_deadline_met += r->state == TS_SUCCEEDED && f->now_real <= r->spec.deadline_ms;
+		f->figures_dirty = true;
+	}
 	if (r->state == TS_READY) {
 		/* Indexed at once, so this turn's dispatch can take it. Should the
 		 * transaction fail, a pick of a task the store does not have as
@@ -1060,6 +1076,8 @@ static void hook_committed(int rc, void *arg)
 					    f->now_mono);
 	}
 	send_frames(f);
+	f->deadline_ended += f->turn_deadline_ended;
+	f->deadline_met += f->turn_deadline_met;
 	if (f->npicks)
 		f->figures_dirty = true;
 	f->npicks = 0;

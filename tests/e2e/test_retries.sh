@@ -167,3 +167,13 @@ wait_until 10 grep -q 'RESULT-STALE task=r5 ' "$WORK/coord.log" ||
 	fail "the agent's report of the cancelled r5 was not discarded"
 [ "$(state_of r5)" = dead ] || fail "r5 moved after its agent's late report"
 pass "a running task past its deadline is dead and cancelled on its agent"
+
+# The fleet summary's deadline success rate: r4 and r5 missed theirs, r6
+# (an hour to spare) makes it.
+sub_start health "$P/fleet/health"
+submit s1 "{\"task_id\": \"r6\", \"type\": \"echo\", \"deadline\": $(( $(now_ms) + 3600000 ))}"
+wait_state r6 succeeded 10
+rate_is_third() { last_msg health "$P/fleet/health" | grep -q '"deadline_success_rate":0\.333'; }
+wait_until 5 rate_is_third ||
+	fail "deadline_success_rate is not 1/3: $(last_msg health "$P/fleet/health")"
+pass "deadlines feed the fleet's deadline success rate"
