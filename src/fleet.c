@@ -116,9 +116,9 @@ struct fleet {
 	int64_t next_health_mono, next_figures_mono;
 	int64_t sweep_at_mono;          /* recovery: lost-check time, 0 = none */
 	bool kick;                      /* more work is possible right away */
-	/* Deadline success rate (issue: "deadlines feed the metric"): tasks with
-	 * a deadline that ended, and those of them that succeeded in time. Since
-	 * this start; the turn's share is added on commit. */
+	/* The deadline success rate of the fleet summary: tasks with a deadline
+	 * that ended since this start, and those that succeeded in time. The
+	 * turn's share is added on commit. */
 	uint64_t deadline_ended, deadline_met;
 	uint32_t turn_deadline_ended, turn_deadline_met;
 	bool figures_dirty;
