@@ -6,8 +6,9 @@
  * reading 4-byte-length-prefixed frames into a buffer no larger than
  * max_frame, decoding them with the one codec (proto.c), the hello/welcome
  * exchange with the certificate-CN identity check, bounded outbound buffers,
- * and liveness (suspect, offline) per agent id across reconnects.
- * The only file of the daemon that includes mbedtls.
+ * and liveness (suspect, offline) per agent id across reconnects. TLS and
+ * the byte-level framing are tlsframe's (shared with the agent library);
+ * this file does not include mbedtls.
  *
  * Does not: decide anything about tasks or leases (the daemon does, through
  * the hooks), or block: every socket is non-blocking, the loop is the
@@ -17,25 +18,16 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <mbedtls/ctr_drbg.h>
-#include <mbedtls/entropy.h>
-#include <mbedtls/error.h>
-#include <mbedtls/net_sockets.h>
-#include <mbedtls/oid.h>
-#include <mbedtls/pk.h>
-#include <mbedtls/ssl.h>
-#include <mbedtls/x509_crt.h>
-
 #include "edgecoord/err.h"
 #include "link.h"
 #include "log.h"
+#include "tlsframe.h"
 
 enum sess_state { S_HANDSHAKE, S_HELLO, S_LIVE, S_DEAD };
 
@@ -49,16 +41,7 @@ struct session {
 	char peer[64];                 /* "ip:port" for logs */
 	char cn[EC_AGENT_ID_MAX + 1];  /* certificate CN, after the handshake */
 	struct agent *agent;           /* S_LIVE only */
-	mbedtls_ssl_context ssl;
-	/* inbound: header, then a body of exactly the announced length */
-	uint8_t hdr[EC_FRAME_HDR];
-	size_t hdr_got;
-	uint8_t *body;
-	size_t body_len, body_got;
-	/* outbound: [out_off, out_len) unsent; wpend = length of a write that
-	 * returned WANT_WRITE, which must be repeated as is (LIBNOTES 4) */
-	uint8_t *out;
-	size_t out_len, out_off, out_alloc, wpend;
+	struct tlsframe *tf;           /* TLS, inbound frame, outbound bytes */
 	struct session *next, *prev;   /* l->sessions or l->dead */
 };
 
@@ -75,11 +58,7 @@ struct link {
 	struct link_hooks hooks;
 	char *listen, *ca_file, *cert_file, *key_file;
 	int lfd, port;
-	mbedtls_entropy_context entropy;
-	mbedtls_ctr_drbg_context drbg;
-	mbedtls_x509_crt ca, cert;
-	mbedtls_pk_context key;
-	mbedtls_ssl_config conf;
+	struct tlsframe_conf *tls;
 	struct session *sessions, *dead;
 	struct session **by_fd;        /* fd -> session */
 	size_t nby_fd;
@@ -90,39 +69,6 @@ struct link {
 };
 
 /* ---- small helpers ----------------------------------------------------- */
-
-static const char *tls_err(int rc, char *buf, size_t n)
-{
-	mbedtls_strerror(rc, buf, n);
-	return buf;
-}
-
-/* send/recv with MSG_NOSIGNAL: a peer that vanished must not SIGPIPE us. */
-static int bio_send(void *ctx, const unsigned char *buf, size_t len)
-{
-	int fd = *(int *)ctx;
-	ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-	if (n >= 0)
-		return (int)n;
-	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-		return MBEDTLS_ERR_SSL_WANT_WRITE;
-	if (errno == EPIPE || errno == ECONNRESET)
-		return MBEDTLS_ERR_NET_CONN_RESET;
-	return MBEDTLS_ERR_NET_SEND_FAILED;
-}
-
-static int bio_recv(void *ctx, unsigned char *buf, size_t len)
-{
-	int fd = *(int *)ctx;
-	ssize_t n = recv(fd, buf, len, 0);
-	if (n >= 0)
-		return (int)n;
-	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-		return MBEDTLS_ERR_SSL_WANT_READ;
-	if (errno == ECONNRESET)
-		return MBEDTLS_ERR_NET_CONN_RESET;
-	return MBEDTLS_ERR_NET_RECV_FAILED;
-}
 
 static void set_events(struct link *l, struct session *s, unsigned ev)
 {
@@ -171,7 +117,7 @@ static void session_close(struct link *l, struct session *s, const char *why, bo
 	s->state = S_DEAD;  /* first: a failed flush below must not recurse */
 	if (was != S_HANDSHAKE) {
 		flush_out(l, s);
-		mbedtls_ssl_close_notify(&s->ssl);
+		tlsframe_close_notify(s->tf);
 	}
 	if (s->events)
 		l->hooks.unwatch(l->hooks.ctx, s->fd);
@@ -205,9 +151,7 @@ static void session_close(struct link *l, struct session *s, const char *why, bo
 
 static void session_free(struct session *s)
 {
-	mbedtls_ssl_free(&s->ssl);
-	free(s->body);
-	free(s->out);
+	tlsframe_free(s->tf);
 	free(s);
 }
 
@@ -232,85 +176,38 @@ static void refuse(struct link *l, struct session *s, const char *reason)
 
 static void flush_out(struct link *l, struct session *s)
 {
-	int max = mbedtls_ssl_get_max_out_record_payload(&s->ssl);
-	size_t rec = max > 0 ? (size_t)max : 16384;
-	while (s->out_off < s->out_len) {
-		size_t chunk = s->wpend;
-		if (!chunk) {
-			chunk = s->out_len - s->out_off;
-			if (chunk > rec)
-				chunk = rec;
-		}
-		int rc = mbedtls_ssl_write(&s->ssl, s->out + s->out_off, chunk);
-		if (rc == MBEDTLS_ERR_SSL_WANT_WRITE || rc == MBEDTLS_ERR_SSL_WANT_READ) {
-			s->wpend = chunk;
-			set_events(l, s, LINK_EV_READ | LINK_EV_WRITE);
-			return;
-		}
-		if (rc < 0) {
-			char e[96];
-			/* no flush of a session that is closing anyway */
-			s->out_off = s->out_len;
-			if (s->state != S_DEAD) {
-				log_info("AGENT-IO peer=%s write: %s", s->peer, tls_err(rc, e, sizeof(e)));
-				session_close(l, s, "write failed", true);
-			}
-			return;
-		}
-		s->wpend = 0;
-		s->out_off += (size_t)rc;
+	enum tlsframe_status st = tlsframe_flush(s->tf);
+	if (st == TLSFRAME_WANT_WRITE) {
+		set_events(l, s, LINK_EV_READ | LINK_EV_WRITE);
+		return;
 	}
-	s->out_off = s->out_len = 0;
-	if (s->out_alloc > 16384) {
-		/* a burst is over: give the memory back */
-		free(s->out);
-		s->out = NULL;
-		s->out_alloc = 0;
+	if (st != TLSFRAME_OK) {
+		/* no flush of a session that is closing anyway */
+		if (s->state != S_DEAD) {
+			char e[96];
+			log_info("AGENT-IO peer=%s write: %s", s->peer,
+				 tlsframe_error(s->tf, e, sizeof(e)));
+			session_close(l, s, "write failed", true);
+		}
+		return;
 	}
 	set_events(l, s, LINK_EV_READ);
 }
 
-static int queue_bytes(struct link *l, struct session *s, const uint8_t *p, size_t n)
-{
-	size_t pending = s->out_len - s->out_off;
-	if (pending + n > l->cfg.out_cap) {
-		log_warnx("AGENT-SLOW agent=%s peer=%s unsent=%zu: closing", s->cn, s->peer, pending);
-		session_close(l, s, "outbound buffer full", true);
-		return -ENOBUFS;
-	}
-	if (s->out_off > 0 && !s->wpend) {
-		memmove(s->out, s->out + s->out_off, pending);
-		s->out_len = pending;
-		s->out_off = 0;
-	}
-	if (s->out_len + n > s->out_alloc) {
-		size_t cap = s->out_alloc ? s->out_alloc : 1024;
-		while (cap < s->out_len + n)
-			cap *= 2;
-		uint8_t *b = realloc(s->out, cap);
-		if (!b)
-			return -ENOMEM;
-		s->out = b;
-		s->out_alloc = cap;
-	}
-	memcpy(s->out + s->out_len, p, n);
-	s->out_len += n;
-	l->st.frames_out++;
-	return 0;
-}
-
 static int send_frame(struct link *l, struct session *s, const struct ec_frame *f)
 {
-	uint8_t *buf;
-	size_t len;
-	int rc = ec_frame_encode(f, l->cfg.max_frame, &buf, &len);
+	int rc = tlsframe_queue_frame(s->tf, f, l->cfg.max_frame, l->cfg.out_cap);
+	if (rc == -ENOBUFS) {
+		log_warnx("AGENT-SLOW agent=%s peer=%s unsent=%zu: closing", s->cn, s->peer,
+			  tlsframe_unsent(s->tf));
+		session_close(l, s, "outbound buffer full", true);
+		return rc;
+	}
 	if (rc)
 		return rc;
-	rc = queue_bytes(l, s, buf, len);
-	free(buf);
-	if (rc == 0)
-		flush_out(l, s);
-	return rc;
+	l->st.frames_out++;
+	flush_out(l, s);
+	return 0;
 }
 
 /* Tell the peer why, then close. */
@@ -319,89 +216,39 @@ static void close_with_error(struct link *l, struct session *s, const char *why,
 	struct ec_frame f;
 	ec_frame_init(&f, EC_F_ERROR);
 	f.text = (char *)why;
-	uint8_t *buf;
-	size_t len;
-	if (ec_frame_encode(&f, l->cfg.max_frame, &buf, &len) == 0) {
-		/* no cap check: this is the last thing the session sends */
-		uint8_t *b = realloc(s->out, s->out_len + len);
-		if (b) {
-			s->out = b;
-			s->out_alloc = s->out_len + len;
-			memcpy(s->out + s->out_len, buf, len);
-			s->out_len += len;
-		}
-		free(buf);
-	}
+	/* no cap: this is the last thing the session sends (best effort) */
+	tlsframe_queue_frame(s->tf, &f, l->cfg.max_frame, SIZE_MAX);
 	session_close(l, s, why, notify);
 }
 
 /* ---- handshake and hello ---------------------------------------------- */
 
-static const char *handshake_reason(struct session *s, int rc, char *buf, size_t n)
-{
-	uint32_t flags = mbedtls_ssl_get_verify_result(&s->ssl);
-	switch (rc) {
-	case MBEDTLS_ERR_SSL_NO_CLIENT_CERTIFICATE:
-		return "no_client_certificate";
-	case MBEDTLS_ERR_X509_CERT_VERIFY_FAILED:
-		if (flags & MBEDTLS_X509_BADCERT_EXPIRED)
-			return "certificate_expired";
-		if (flags & MBEDTLS_X509_BADCERT_FUTURE)
-			return "certificate_not_yet_valid";
-		if (flags & MBEDTLS_X509_BADCERT_NOT_TRUSTED)
-			return "foreign_ca";
-		snprintf(buf, n, "certificate_invalid(flags=0x%x)", (unsigned)flags);
-		return buf;
-	case MBEDTLS_ERR_SSL_INVALID_RECORD:
-	case MBEDTLS_ERR_SSL_BAD_HS_CLIENT_HELLO:
-	case MBEDTLS_ERR_SSL_UNEXPECTED_RECORD:
-		return "not_tls";
-	case MBEDTLS_ERR_SSL_CONN_EOF:
-	case MBEDTLS_ERR_NET_CONN_RESET:
-		return "closed_during_handshake";
-	}
-	char e[80];
-	snprintf(buf, n, "tls_handshake_failed(%s)", tls_err(rc, e, sizeof(e)));
-	return buf;
-}
-
-/* The subject CN of the verified peer certificate, or false. */
+/* The subject CN of the verified peer certificate into s->cn, or false. */
 static bool peer_cn(struct session *s)
 {
-	const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&s->ssl);
-	if (!crt)
-		return false;
-	for (const mbedtls_x509_name *n = &crt->subject; n; n = n->next) {
-		if (n->oid.p && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &n->oid) == 0) {
-			if (n->val.len == 0 || n->val.len > EC_AGENT_ID_MAX)
-				return false;
-			memcpy(s->cn, n->val.p, n->val.len);
-			s->cn[n->val.len] = '\0';
-			return ec_id_valid(s->cn, n->val.len, EC_AGENT_ID_MAX);
-		}
-	}
-	return false;
+	int n = tlsframe_peer_cn(s->tf, s->cn, sizeof(s->cn));
+	return n > 0 && ec_id_valid(s->cn, (size_t)n, EC_AGENT_ID_MAX);
 }
 
 static void do_handshake(struct link *l, struct session *s)
 {
-	int rc = mbedtls_ssl_handshake(&s->ssl);
-	if (rc == MBEDTLS_ERR_SSL_WANT_READ) {
+	enum tlsframe_status st = tlsframe_handshake(s->tf);
+	if (st == TLSFRAME_WANT_READ) {
 		set_events(l, s, LINK_EV_READ);
 		return;
 	}
-	if (rc == MBEDTLS_ERR_SSL_WANT_WRITE) {
+	if (st == TLSFRAME_WANT_WRITE) {
 		set_events(l, s, LINK_EV_READ | LINK_EV_WRITE);
 		return;
 	}
 	char buf[128];
-	if (rc != 0) {
-		refuse(l, s, handshake_reason(s, rc, buf, sizeof(buf)));
+	if (st != TLSFRAME_OK) {
+		refuse(l, s, tlsframe_refusal(s->tf, buf, sizeof(buf)));
 		return;
 	}
 	/* VERIFY_REQUIRED already failed the handshake on a bad chain; this is
 	 * the belt to those braces (LIBNOTES 4) */
-	if (mbedtls_ssl_get_verify_result(&s->ssl) != 0) {
+	if (tlsframe_verify_flags(s->tf) != 0) {
 		refuse(l, s, "certificate_not_verified");
 		return;
 	}
@@ -515,106 +362,72 @@ static void on_frame(struct link *l, struct session *s, struct ec_frame *f, uint
 
 /* ---- reading ------------------------------------------------------------ */
 
-static void dispatch_body(struct link *l, struct session *s, uint64_t now)
+/* A frame the peer got wrong: say so, in the refusal's words before hello. */
+static void bad_input(struct link *l, struct session *s, const char *what, const char *msg)
 {
-	struct ec_frame f;
-	const char *why = NULL;
-	int rc = ec_frame_decode(s->body, s->body_len, &f, &why);
-	free(s->body);
-	s->body = NULL;
-	s->body_len = s->body_got = 0;
-	s->hdr_got = 0;
-	l->st.frames_in++;
-	if (rc) {
-		char msg[160];
-		snprintf(msg, sizeof(msg), "%s: %s",
-			 rc == EC_EPROTO ? "unknown frame type" : "malformed frame", why);
-		if (s->state == S_HELLO) {
-			log_warnx("AGENT-REFUSED peer=%s agent=%s reason=bad_hello(%s)", s->peer,
-				  s->cn, why);
-			l->st.refused++;
-		} else {
-			log_warnx("AGENT-PROTO agent=%s reason=%s", s->cn, msg);
-		}
-		close_with_error(l, s, msg, true);
-		return;
+	if (s->state == S_HELLO) {
+		log_warnx("AGENT-REFUSED peer=%s agent=%s reason=bad_hello(%s)", s->peer, s->cn,
+			  what);
+		l->st.refused++;
+	} else {
+		log_warnx("AGENT-PROTO agent=%s reason=%s", s->cn, msg);
 	}
-	if (s->state == S_HELLO)
-		on_hello(l, s, &f, now);
-	else
-		on_frame(l, s, &f, now);
-	ec_frame_fini(&f);
+	close_with_error(l, s, msg, true);
 }
 
 static void do_read(struct link *l, struct session *s, uint64_t now)
 {
-	/* Read until WANT_READ: decrypted bytes can sit inside mbedtls where the
-	 * loop cannot see them (LIBNOTES 4). After a budget, stop at a point
-	 * where mbedtls holds nothing, so a flood from one agent cannot starve
-	 * the others; the kernel still has the rest and the loop comes back. */
-	size_t budget = 4 * ((size_t)l->cfg.max_frame + EC_FRAME_HDR), done = 0;
+	/* After a budget, stop where mbedtls holds nothing, so a flood from one
+	 * agent cannot starve the others; the kernel still has the rest and the
+	 * loop comes back. */
+	size_t budget = 4 * ((size_t)l->cfg.max_frame + EC_FRAME_HDR);
 	while (s->state == S_HELLO || s->state == S_LIVE) {
-		if (done >= budget && mbedtls_ssl_get_bytes_avail(&s->ssl) == 0 &&
-		    !mbedtls_ssl_check_pending(&s->ssl))
+		struct tlsframe_in in;
+		enum tlsframe_status st = tlsframe_read(s->tf, l->cfg.max_frame, &budget, &in);
+		char msg[160];
+		switch (st) {
+		case TLSFRAME_FRAME:
+			l->st.frames_in++;
+			if (s->state == S_HELLO)
+				on_hello(l, s, &in.frame, now);
+			else
+				on_frame(l, s, &in.frame, now);
+			ec_frame_fini(&in.frame);
+			continue;
+		case TLSFRAME_BAD_FRAME:
+			l->st.frames_in++;
+			snprintf(msg, sizeof(msg), "%s: %s",
+				 in.rc == EC_EPROTO ? "unknown frame type" : "malformed frame", in.why);
+			bad_input(l, s, in.why, msg);
 			return;
-		int rc;
-		if (s->hdr_got < EC_FRAME_HDR)
-			rc = mbedtls_ssl_read(&s->ssl, s->hdr + s->hdr_got, EC_FRAME_HDR - s->hdr_got);
-		else
-			rc = mbedtls_ssl_read(&s->ssl, s->body + s->body_got, s->body_len - s->body_got);
-		if (rc == MBEDTLS_ERR_SSL_WANT_READ)
+		case TLSFRAME_BAD_LEN:
+			snprintf(msg, sizeof(msg), "frame of %u bytes (max_frame %u)", in.len,
+				 l->cfg.max_frame);
+			bad_input(l, s, msg, msg);
 			return;
-		if (rc == MBEDTLS_ERR_SSL_WANT_WRITE) {
+		case TLSFRAME_WANT_READ:
+			return;
+		case TLSFRAME_WANT_WRITE:
 			set_events(l, s, LINK_EV_READ | LINK_EV_WRITE);
 			return;
-		}
-		if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY ||
-		    rc == MBEDTLS_ERR_NET_CONN_RESET) {
-			if (s->state == S_HELLO) {
+		case TLSFRAME_EOF:
+		case TLSFRAME_RESET:
+			if (s->state == S_HELLO)
 				refuse(l, s, "closed_before_hello");
-				return;
-			}
-			session_close(l, s, "connection closed", true);
+			else
+				session_close(l, s, "connection closed", true);
 			return;
-		}
-		if (rc < 0) {
-			char e[96], msg[128];
-			snprintf(msg, sizeof(msg), "read failed (%s)", tls_err(rc, e, sizeof(e)));
+		case TLSFRAME_NOMEM:
+			session_close(l, s, "out of memory", true);
+			return;
+		case TLSFRAME_OK:
+		case TLSFRAME_ERROR: {
+			char e[96];
+			snprintf(msg, sizeof(msg), "read failed (%s)", tlsframe_error(s->tf, e, sizeof(e)));
 			session_close(l, s, msg, true);
 			return;
 		}
-		done += (size_t)rc;
-		if (s->hdr_got < EC_FRAME_HDR) {
-			s->hdr_got += (size_t)rc;
-			if (s->hdr_got < EC_FRAME_HDR)
-				continue;
-			uint32_t n = ec_frame_hdr_len(s->hdr);
-			if (n == 0 || n > l->cfg.max_frame) {
-				char msg[96];
-				snprintf(msg, sizeof(msg), "frame of %u bytes (max_frame %u)", n,
-					 l->cfg.max_frame);
-				if (s->state == S_HELLO) {
-					log_warnx("AGENT-REFUSED peer=%s agent=%s reason=bad_hello(%s)",
-						  s->peer, s->cn, msg);
-					l->st.refused++;
-				} else {
-					log_warnx("AGENT-PROTO agent=%s reason=%s", s->cn, msg);
-				}
-				close_with_error(l, s, msg, true);
-				return;
-			}
-			s->body = malloc(n);
-			if (!s->body) {
-				session_close(l, s, "out of memory", true);
-				return;
-			}
-			s->body_len = n;
-			s->body_got = 0;
-			continue;
 		}
-		s->body_got += (size_t)rc;
-		if (s->body_got == s->body_len)
-			dispatch_body(l, s, now);
 	}
 }
 
@@ -674,8 +487,6 @@ static void do_accept(struct link *l, uint64_t now)
 			close(fd);
 			continue;
 		}
-		int one = 1;
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		struct session *s = calloc(1, sizeof(*s));
 		if (!s || by_fd_put(l, fd, s) != 0) {
 			free(s);
@@ -686,15 +497,13 @@ static void do_accept(struct link *l, uint64_t now)
 		s->t0 = now;
 		s->state = S_HANDSHAKE;
 		snprintf(s->peer, sizeof(s->peer), "%s", peer);
-		mbedtls_ssl_init(&s->ssl);
-		if (mbedtls_ssl_setup(&s->ssl, &l->conf) != 0) {
+		if (tlsframe_new(l->tls, &s->tf) != 0 || tlsframe_attach(s->tf, fd, NULL) != 0) {
 			l->by_fd[fd] = NULL;
 			session_free(s);
 			close(fd);
 			log_warnx("link: out of memory for a TLS session");
 			continue;
 		}
-		mbedtls_ssl_set_bio(&s->ssl, &s->fd, bio_send, bio_recv, NULL);
 		s->next = l->sessions;
 		if (l->sessions)
 			l->sessions->prev = s;
@@ -719,7 +528,7 @@ void link_on_event(struct link *l, int fd, unsigned events, uint64_t now_ms)
 	struct session *s = l->by_fd[fd];
 	if (s->state == S_HANDSHAKE)
 		do_handshake(l, s);
-	if (s->state != S_DEAD && s->out_len > s->out_off)
+	if (s->state != S_DEAD && tlsframe_unsent(s->tf) > 0)
 		flush_out(l, s);
 	if (s->state == S_HELLO || s->state == S_LIVE)
 		do_read(l, s, now_ms);
@@ -953,48 +762,17 @@ int link_new(const struct link_config *cfg, const struct link_hooks *hooks, stru
 	l->cfg.ca_file = l->ca_file;
 	l->cfg.cert_file = l->cert_file;
 	l->cfg.key_file = l->key_file;
-	mbedtls_entropy_init(&l->entropy);
-	mbedtls_ctr_drbg_init(&l->drbg);
-	mbedtls_x509_crt_init(&l->ca);
-	mbedtls_x509_crt_init(&l->cert);
-	mbedtls_pk_init(&l->key);
-	mbedtls_ssl_config_init(&l->conf);
 	int rc = -ENOMEM;
 	if (!l->listen || !l->ca_file || !l->cert_file || !l->key_file)
 		goto fail;
 
-	char e[128];
-	const char *what = "random generator";
-	static const char pers[] = "edgecoord-link";
-	rc = mbedtls_ctr_drbg_seed(&l->drbg, mbedtls_entropy_func, &l->entropy,
-				   (const unsigned char *)pers, sizeof(pers) - 1);
-	if (rc == 0 && (rc = mbedtls_x509_crt_parse_file(&l->ca, l->ca_file)) != 0)
-		what = l->ca_file;
-	if (rc == 0 && (rc = mbedtls_x509_crt_parse_file(&l->cert, l->cert_file)) != 0)
-		what = l->cert_file;
-	if (rc == 0 && (rc = mbedtls_pk_parse_keyfile(&l->key, l->key_file, NULL)) != 0)
-		what = l->key_file;
-	if (rc == 0) {
-		what = "TLS configuration";
-		rc = mbedtls_ssl_config_defaults(&l->conf, MBEDTLS_SSL_IS_SERVER,
-						 MBEDTLS_SSL_TRANSPORT_STREAM,
-						 MBEDTLS_SSL_PRESET_DEFAULT);
-	}
-	if (rc == 0) {
-		mbedtls_ssl_conf_rng(&l->conf, mbedtls_ctr_drbg_random, &l->drbg);
-		mbedtls_ssl_conf_authmode(&l->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
-		mbedtls_ssl_conf_ca_chain(&l->conf, &l->ca, NULL);
-		mbedtls_ssl_conf_min_version(&l->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
-					     MBEDTLS_SSL_MINOR_VERSION_3);
-		rc = mbedtls_ssl_conf_own_cert(&l->conf, &l->cert, &l->key);
-		if (rc)
-			what = "certificate and key";
-	}
-	if (rc) {
-		log_warnx("link: %s: %s", what, tls_err(rc, e, sizeof(e)));
-		rc = EC_ECONFIG;
+	char e[256];
+	rc = tlsframe_conf_new(TLSFRAME_SERVER, "edgecoord-link", l->ca_file, l->cert_file,
+			       l->key_file, &l->tls, e, sizeof(e));
+	if (rc == EC_ECONFIG)
+		log_warnx("link: %s", e);
+	if (rc)
 		goto fail;
-	}
 	rc = listen_on(l);
 	if (rc)
 		goto fail;
@@ -1029,12 +807,7 @@ void link_free(struct link *l)
 		close(l->lfd);
 	}
 	free(l->by_fd);
-	mbedtls_ssl_config_free(&l->conf);
-	mbedtls_pk_free(&l->key);
-	mbedtls_x509_crt_free(&l->cert);
-	mbedtls_x509_crt_free(&l->ca);
-	mbedtls_ctr_drbg_free(&l->drbg);
-	mbedtls_entropy_free(&l->entropy);
+	tlsframe_conf_free(l->tls);
 	free(l->listen);
 	free(l->ca_file);
 	free(l->cert_file);

@@ -10,14 +10,15 @@
  * goes back to IDLE. Jobs live across connections: a reconnect lists their
  * leases in hello and resends results not yet acknowledged.
  *
+ * TLS and the byte-level framing are src/tlsframe.c's, shared with the
+ * coordinator; this file does not include mbedtls.
+ *
  * Does not: spawn processes or threads, or interpret payloads (handlers do).
  * Name resolution (getaddrinfo) is the one blocking call, once per connect.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,16 +28,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <mbedtls/ctr_drbg.h>
-#include <mbedtls/entropy.h>
-#include <mbedtls/error.h>
-#include <mbedtls/net_sockets.h>
-#include <mbedtls/pk.h>
-#include <mbedtls/ssl.h>
-#include <mbedtls/x509_crt.h>
-
 #include "edgecoord/agent.h"
 #include "edgecoord/err.h"
+#include "tlsframe.h"
 
 enum astate { A_IDLE, A_CONNECTING, A_HANDSHAKE, A_HELLO, A_READY, A_STOPPED };
 
@@ -64,12 +58,8 @@ struct ec_agent {
 	struct job *jobs;
 	size_t njobs;
 
-	mbedtls_entropy_context entropy;
-	mbedtls_ctr_drbg_context drbg;
-	mbedtls_x509_crt ca, cert;
-	mbedtls_pk_context key;
-	mbedtls_ssl_config conf;
-	mbedtls_ssl_context ssl;
+	struct tlsframe_conf *tls;
+	struct tlsframe *tf;   /* one context, reused across reconnects */
 
 	enum astate state;
 	int fd;
@@ -78,13 +68,6 @@ struct ec_agent {
 	uint32_t failures;
 	uint32_t hb_ms, hb_misses, max_frame;
 	bool draining;
-
-	uint8_t hdr[EC_FRAME_HDR];
-	size_t hdr_got;
-	uint8_t *body;
-	size_t body_len, body_got;
-	uint8_t *out;
-	size_t out_len, out_off, out_alloc, wpend;
 };
 
 static void alog(struct ec_agent *a, int level, const char *fmt, ...)
@@ -108,40 +91,7 @@ uint64_t ec_agent_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static int bio_send(void *ctx, const unsigned char *buf, size_t len)
-{
-	int fd = *(int *)ctx;
-	ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-	if (n >= 0)
-		return (int)n;
-	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-		return MBEDTLS_ERR_SSL_WANT_WRITE;
-	if (errno == EPIPE || errno == ECONNRESET)
-		return MBEDTLS_ERR_NET_CONN_RESET;
-	return MBEDTLS_ERR_NET_SEND_FAILED;
-}
-
-static int bio_recv(void *ctx, unsigned char *buf, size_t len)
-{
-	int fd = *(int *)ctx;
-	ssize_t n = recv(fd, buf, len, 0);
-	if (n >= 0)
-		return (int)n;
-	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-		return MBEDTLS_ERR_SSL_WANT_READ;
-	if (errno == ECONNRESET)
-		return MBEDTLS_ERR_NET_CONN_RESET;
-	return MBEDTLS_ERR_NET_RECV_FAILED;
-}
-
 /* ---- connection lifecycle ---------------------------------------------- */
-
-static uint32_t rand_u32(struct ec_agent *a)
-{
-	uint32_t r = 0;
-	mbedtls_ctr_drbg_random(&a->drbg, (unsigned char *)&r, sizeof(r));
-	return r;
-}
 
 static void disconnect(struct ec_agent *a, const char *why)
 {
@@ -150,17 +100,12 @@ static void disconnect(struct ec_agent *a, const char *why)
 	bool was_ready = a->state == A_READY;
 	if (a->fd >= 0) {
 		if (a->state >= A_HELLO)
-			mbedtls_ssl_close_notify(&a->ssl);
+			tlsframe_close_notify(a->tf);
 		close(a->fd);
 	}
 	a->fd = -1;
 	a->events = 0;
-	free(a->body);
-	a->body = NULL;
-	a->hdr_got = a->body_len = a->body_got = 0;
-	free(a->out);
-	a->out = NULL;
-	a->out_len = a->out_off = a->out_alloc = a->wpend = 0;
+	tlsframe_drop(a->tf);
 	if (a->state == A_STOPPED)
 		return;
 	/* exponential backoff with jitter: uniform in [d/2, d] */
@@ -169,7 +114,7 @@ static void disconnect(struct ec_agent *a, const char *why)
 		d *= 2;
 	if (d > a->o.backoff_max_ms)
 		d = a->o.backoff_max_ms;
-	d = d / 2 + rand_u32(a) % (d / 2 + 1);
+	d = d / 2 + tlsframe_random_u32(a->tls) % (d / 2 + 1);
 	a->failures++;
 	a->next_connect = a->now + d;
 	a->state = A_IDLE;
@@ -194,13 +139,9 @@ static void start_connect(struct ec_agent *a)
 	}
 	/* the first address only: a gateway is usually one */
 	int fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd >= 0) {
-		int one = 1;
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		if (connect(fd, res->ai_addr, res->ai_addrlen) != 0 && errno != EINPROGRESS) {
-			close(fd);
-			fd = -1;
-		}
+	if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) != 0 && errno != EINPROGRESS) {
+		close(fd);
+		fd = -1;
 	}
 	freeaddrinfo(res);
 	if (fd < 0) {
@@ -210,79 +151,44 @@ static void start_connect(struct ec_agent *a)
 	a->fd = fd;
 	a->state = A_CONNECTING;
 	a->events = EC_AGENT_EV_WRITE;
-	mbedtls_ssl_session_reset(&a->ssl);
-	mbedtls_ssl_set_hostname(&a->ssl, a->server_name);
-	mbedtls_ssl_set_bio(&a->ssl, &a->fd, bio_send, bio_recv, NULL);
+	/* the name is what makes mbedtls check the server's certificate */
+	if (tlsframe_attach(a->tf, fd, a->server_name) != 0)
+		disconnect(a, "out of memory");
 }
 
 /* ---- writing ------------------------------------------------------------- */
 
 static void flush_out(struct ec_agent *a)
 {
-	while (a->out_off < a->out_len) {
-		size_t chunk = a->wpend;
-		if (!chunk) {
-			chunk = a->out_len - a->out_off;
-			int max = mbedtls_ssl_get_max_out_record_payload(&a->ssl);
-			if (max > 0 && chunk > (size_t)max)
-				chunk = (size_t)max;
-		}
-		int rc = mbedtls_ssl_write(&a->ssl, a->out + a->out_off, chunk);
-		if (rc == MBEDTLS_ERR_SSL_WANT_WRITE || rc == MBEDTLS_ERR_SSL_WANT_READ) {
-			a->wpend = chunk;  /* repeat the same write (LIBNOTES 4) */
-			a->events = EC_AGENT_EV_READ | EC_AGENT_EV_WRITE;
-			return;
-		}
-		if (rc < 0) {
-			char e[96];
-			mbedtls_strerror(rc, e, sizeof(e));
-			alog(a, EC_AGENT_LOG_WARN, "write: %s", e);
-			disconnect(a, "write failed");
-			return;
-		}
-		a->wpend = 0;
-		a->out_off += (size_t)rc;
+	enum tlsframe_status st = tlsframe_flush(a->tf);
+	if (st == TLSFRAME_WANT_WRITE) {
+		a->events = EC_AGENT_EV_READ | EC_AGENT_EV_WRITE;
+		return;
 	}
-	a->out_off = a->out_len = 0;
+	if (st != TLSFRAME_OK) {
+		char e[96];
+		alog(a, EC_AGENT_LOG_WARN, "write: %s", tlsframe_error(a->tf, e, sizeof(e)));
+		disconnect(a, "write failed");
+		return;
+	}
 	a->events = EC_AGENT_EV_READ;
+}
+
+/* generous: the agent only sends what its own jobs produce */
+static size_t out_cap(const struct ec_agent *a)
+{
+	return 16 * ((size_t)a->max_frame + EC_FRAME_HDR);
 }
 
 /* Queue bytes; flushed by the caller or the next step. */
 static int queue(struct ec_agent *a, const uint8_t *p, size_t n)
 {
-	size_t pending = a->out_len - a->out_off;
-	/* generous: the agent only sends what its own jobs produce */
-	if (pending + n > 16 * ((size_t)a->max_frame + EC_FRAME_HDR))
-		return -ENOBUFS;
-	if (a->out_off && !a->wpend) {
-		memmove(a->out, a->out + a->out_off, pending);
-		a->out_len = pending;
-		a->out_off = 0;
-	}
-	if (a->out_len + n > a->out_alloc) {
-		size_t cap = a->out_alloc ? a->out_alloc : 1024;
-		while (cap < a->out_len + n)
-			cap *= 2;
-		uint8_t *b = realloc(a->out, cap);
-		if (!b)
-			return -ENOMEM;
-		a->out = b;
-		a->out_alloc = cap;
-	}
-	memcpy(a->out + a->out_len, p, n);
-	a->out_len += n;
-	return 0;
+	return tlsframe_queue(a->tf, p, n, out_cap(a));
 }
 
 static int send_frame(struct ec_agent *a, const struct ec_frame *f)
 {
-	uint8_t *buf;
-	size_t len;
-	int rc = ec_frame_encode(f, a->max_frame, &buf, &len);
-	if (rc)
-		return rc;
-	rc = queue(a, buf, len);
-	free(buf);
+	int rc = tlsframe_queue_frame(a->tf, f, a->max_frame, out_cap(a));
 	if (rc == 0)
 		flush_out(a);
 	return rc;
@@ -470,56 +376,39 @@ static void on_frame(struct ec_agent *a, struct ec_frame *f)
 static void do_read(struct ec_agent *a)
 {
 	while (a->state == A_HELLO || a->state == A_READY) {
-		int rc;
-		if (a->hdr_got < EC_FRAME_HDR)
-			rc = mbedtls_ssl_read(&a->ssl, a->hdr + a->hdr_got, EC_FRAME_HDR - a->hdr_got);
-		else
-			rc = mbedtls_ssl_read(&a->ssl, a->body + a->body_got, a->body_len - a->body_got);
-		if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
-			return;
-		if (rc <= 0) {
-			disconnect(a, rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY
-				   ? "closed by the coordinator" : "read failed");
-			return;
-		}
-		if (a->hdr_got < EC_FRAME_HDR) {
-			a->hdr_got += (size_t)rc;
-			if (a->hdr_got < EC_FRAME_HDR)
-				continue;
-			uint32_t n = ec_frame_hdr_len(a->hdr);
-			uint32_t max = a->max_frame > EC_FRAME_MAX_DEFAULT ? a->max_frame
-				: EC_FRAME_MAX_DEFAULT;
-			if (n == 0 || n > max) {
-				send_error(a, "frame too large");
-				return;
-			}
-			a->body = malloc(n);
-			if (!a->body) {
-				disconnect(a, "out of memory");
-				return;
-			}
-			a->body_len = n;
-			a->body_got = 0;
+		/* accept up to our default even before welcome announces more */
+		uint32_t max = a->max_frame > EC_FRAME_MAX_DEFAULT ? a->max_frame
+			: EC_FRAME_MAX_DEFAULT;
+		struct tlsframe_in in;
+		char msg[128];
+		switch (tlsframe_read(a->tf, max, NULL, &in)) {
+		case TLSFRAME_FRAME:
+			on_frame(a, &in.frame);
+			ec_frame_fini(&in.frame);
 			continue;
-		}
-		a->body_got += (size_t)rc;
-		if (a->body_got < a->body_len)
-			continue;
-		struct ec_frame f;
-		const char *why = NULL;
-		rc = ec_frame_decode(a->body, a->body_len, &f, &why);
-		free(a->body);
-		a->body = NULL;
-		a->hdr_got = a->body_len = a->body_got = 0;
-		if (rc) {
-			char msg[128];
-			snprintf(msg, sizeof(msg), "malformed frame: %s", why);
+		case TLSFRAME_BAD_FRAME:
+			snprintf(msg, sizeof(msg), "malformed frame: %s", in.why);
 			alog(a, EC_AGENT_LOG_ERROR, "%s", msg);
 			send_error(a, msg);
 			return;
+		case TLSFRAME_BAD_LEN:
+			send_error(a, "frame too large");
+			return;
+		case TLSFRAME_WANT_READ:
+		case TLSFRAME_WANT_WRITE:
+			return;
+		case TLSFRAME_EOF:
+			disconnect(a, "closed by the coordinator");
+			return;
+		case TLSFRAME_NOMEM:
+			disconnect(a, "out of memory");
+			return;
+		case TLSFRAME_OK:
+		case TLSFRAME_RESET:
+		case TLSFRAME_ERROR:
+			disconnect(a, "read failed");
+			return;
 		}
-		on_frame(a, &f);
-		ec_frame_fini(&f);
 	}
 }
 
@@ -557,21 +446,19 @@ int ec_agent_step(struct ec_agent *a, uint64_t now)
 		a->state = A_HANDSHAKE;
 	}
 	if (a->state == A_HANDSHAKE) {
-		int rc = mbedtls_ssl_handshake(&a->ssl);
-		if (rc == MBEDTLS_ERR_SSL_WANT_READ) {
+		enum tlsframe_status st = tlsframe_handshake(a->tf);
+		if (st == TLSFRAME_WANT_READ) {
 			a->events = EC_AGENT_EV_READ;
 			return 0;
 		}
-		if (rc == MBEDTLS_ERR_SSL_WANT_WRITE) {
+		if (st == TLSFRAME_WANT_WRITE) {
 			a->events = EC_AGENT_EV_READ | EC_AGENT_EV_WRITE;
 			return 0;
 		}
-		if (rc) {
+		if (st != TLSFRAME_OK) {
 			char e[96];
-			mbedtls_strerror(rc, e, sizeof(e));
-			uint32_t flags = mbedtls_ssl_get_verify_result(&a->ssl);
-			alog(a, EC_AGENT_LOG_WARN, "TLS handshake: %s (verify flags 0x%x)", e,
-			     (unsigned)flags);
+			alog(a, EC_AGENT_LOG_WARN, "TLS handshake: %s (verify flags 0x%x)",
+			     tlsframe_error(a->tf, e, sizeof(e)), (unsigned)tlsframe_verify_flags(a->tf));
 			disconnect(a, "TLS handshake failed");
 			return 0;
 		}
@@ -581,7 +468,7 @@ int ec_agent_step(struct ec_agent *a, uint64_t now)
 		send_hello(a);
 	}
 	if (a->state == A_HELLO || a->state == A_READY) {
-		if (a->out_len > a->out_off)
+		if (tlsframe_unsent(a->tf) > 0)
 			flush_out(a);
 		do_read(a);
 	}
@@ -810,13 +697,6 @@ int ec_agent_new(const struct ec_agent_opts *o, struct ec_agent **out)
 		a->o.backoff_max_ms = a->o.backoff_min_ms;
 	if (!a->o.connect_timeout_ms)
 		a->o.connect_timeout_ms = 10000;
-	mbedtls_entropy_init(&a->entropy);
-	mbedtls_ctr_drbg_init(&a->drbg);
-	mbedtls_x509_crt_init(&a->ca);
-	mbedtls_x509_crt_init(&a->cert);
-	mbedtls_pk_init(&a->key);
-	mbedtls_ssl_config_init(&a->conf);
-	mbedtls_ssl_init(&a->ssl);
 	int rc = split_hostport(a, o->coordinator);
 	if (rc)
 		goto fail;
@@ -845,40 +725,16 @@ int ec_agent_new(const struct ec_agent_opts *o, struct ec_agent **out)
 	if (!a->jobs)
 		goto fail;
 
-	static const char pers[] = "edgecoord-agent";
-	char e[128];
-	const char *what = "random generator";
-	rc = mbedtls_ctr_drbg_seed(&a->drbg, mbedtls_entropy_func, &a->entropy,
-				   (const unsigned char *)pers, sizeof(pers) - 1);
-	if (rc == 0 && (rc = mbedtls_x509_crt_parse_file(&a->ca, a->ca_file)) != 0)
-		what = a->ca_file;
-	if (rc == 0 && (rc = mbedtls_x509_crt_parse_file(&a->cert, a->cert_file)) != 0)
-		what = a->cert_file;
-	if (rc == 0 && (rc = mbedtls_pk_parse_keyfile(&a->key, a->key_file, NULL)) != 0)
-		what = a->key_file;
-	if (rc == 0) {
-		what = "TLS configuration";
-		rc = mbedtls_ssl_config_defaults(&a->conf, MBEDTLS_SSL_IS_CLIENT,
-						 MBEDTLS_SSL_TRANSPORT_STREAM,
-						 MBEDTLS_SSL_PRESET_DEFAULT);
-	}
-	if (rc == 0) {
-		mbedtls_ssl_conf_rng(&a->conf, mbedtls_ctr_drbg_random, &a->drbg);
-		mbedtls_ssl_conf_authmode(&a->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
-		mbedtls_ssl_conf_ca_chain(&a->conf, &a->ca, NULL);
-		mbedtls_ssl_conf_min_version(&a->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
-					     MBEDTLS_SSL_MINOR_VERSION_3);
-		rc = mbedtls_ssl_conf_own_cert(&a->conf, &a->cert, &a->key);
-		if (rc)
-			what = "certificate and key";
-	}
-	if (rc == 0) {
-		what = "TLS context";
-		rc = mbedtls_ssl_setup(&a->ssl, &a->conf);
-	}
+	char e[256];
+	rc = tlsframe_conf_new(TLSFRAME_CLIENT, "edgecoord-agent", a->ca_file, a->cert_file,
+			       a->key_file, &a->tls, e, sizeof(e));
+	if (rc == EC_ECONFIG)
+		alog(a, EC_AGENT_LOG_ERROR, "%s", e);
+	if (rc)
+		goto fail;
+	rc = tlsframe_new(a->tls, &a->tf);
 	if (rc) {
-		mbedtls_strerror(rc, e, sizeof(e));
-		alog(a, EC_AGENT_LOG_ERROR, "%s: %s", what, e);
+		alog(a, EC_AGENT_LOG_ERROR, "TLS context: %s", ec_strerror(rc));
 		rc = EC_ECONFIG;
 		goto fail;
 	}
@@ -896,8 +752,7 @@ void ec_agent_free(struct ec_agent *a)
 	a->state = A_STOPPED;
 	if (a->fd >= 0)
 		close(a->fd);
-	free(a->body);
-	free(a->out);
+	tlsframe_free(a->tf);
 	for (size_t i = 0; i < a->njobs; i++) {
 		free(a->jobs[i].task_id);
 		free(a->jobs[i].frame);
@@ -909,13 +764,7 @@ void ec_agent_free(struct ec_agent *a)
 		free(a->labels[i].value);
 	}
 	free(a->labels);
-	mbedtls_ssl_free(&a->ssl);
-	mbedtls_ssl_config_free(&a->conf);
-	mbedtls_pk_free(&a->key);
-	mbedtls_x509_crt_free(&a->cert);
-	mbedtls_x509_crt_free(&a->ca);
-	mbedtls_ctr_drbg_free(&a->drbg);
-	mbedtls_entropy_free(&a->entropy);
+	tlsframe_conf_free(a->tls);
 	free(a->host);
 	free(a->port);
 	free(a->server_name);
