@@ -2480,30 +2480,26 @@ int store_agent_put(struct store_txn *t, const char *agent, const uint8_t *blob,
 	return db_put(t, DB_AGENTS, agent, kl, blob, len, 0);
 }
 
+struct agent_cb {
+	store_agent_fn fn;
+	void *arg;
+};
+
+static int scan_agent_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v, void *arg)
+{
+	struct agent_cb *cb = arg;
+	char id[TASK_ID_MAX + 1];
+	if (k->mv_size == 0 || k->mv_size > TASK_ID_MAX)
+		return EC_ESTORE;
+	memcpy(id, k->mv_data, k->mv_size);
+	id[k->mv_size] = 0;
+	return cb->fn(id, v->mv_data, v->mv_size, cb->arg);
+}
+
 int store_agents_scan(struct store_txn *t, store_agent_fn fn, void *arg)
 {
-	MDB_cursor *c;
-	MDB_val k, v;
-	char id[TASK_ID_MAX + 1];
-	int rc = xl(t, mdb_cursor_open(t->txn, t->s->dbi[DB_AGENTS], &c));
-	if (rc < 0)
-		return rc;
-	int mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
-	while (mrc == 0 && rc == 0) {
-		if (k.mv_size == 0 || k.mv_size > TASK_ID_MAX) {
-			rc = EC_ESTORE;
-			break;
-		}
-		memcpy(id, k.mv_data, k.mv_size);
-		id[k.mv_size] = 0;
-		rc = fn(id, v.mv_data, v.mv_size, arg);
-		if (rc == 0)
-			mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
-	}
-	if (rc == 0 && mrc != MDB_NOTFOUND)
-		rc = xl(t, mrc);
-	mdb_cursor_close(c);
-	return rc;
+	struct agent_cb cb = { fn, arg };
+	return scan_prefix(t, DB_AGENTS, NULL, 0, scan_agent_cb, &cb);
 }
 
 int store_outbox_count(struct store_txn *t, uint64_t *out)
