@@ -149,6 +149,8 @@ void mqtt_inbound_done(struct mqtt *m, struct mqtt_msg *msg, bool committed);
  * -ENOMEM, EC_EPROTO (paho refused it). */
 int mqtt_publish(struct mqtt *m, const struct mqtt_pub *pub);
 
+void mqtt_flush(struct mqtt *m);
+
 /* True when connected and the publish window has room. */
 bool mqtt_can_publish(struct mqtt *m);
 /* Publishes accepted and not yet reported. */
