@@ -21,8 +21,29 @@
  * messageArrived runs (measured: MQTTAsync_isConnected() blocked behind a
  * waiting callback). Any paho call from the loop while a delivery waits for
  * the loop would deadlock, so the loop never calls paho after mqtt_open():
- * mqtt_publish() queues a copy and a worker thread of this module calls
- * MQTTAsync_sendMessage().
+ * mqtt_publish() keeps a copy in a loop-private list, mqtt_flush() moves the
+ * turn's list to a worker thread of this module (one lock, one wake-up) and
+ * the worker calls MQTTAsync_sendMessage() for all of it. PUBACK tags go
+ * back in a queue; the eventfd is written once per loop wake-up (armed).
+ *
+ * Why one paho client per connection. With automaticReconnect, paho 1.3.12
+ * carries the publishes of a lost connection over to the next one: QoS 1
+ * messages in flight are resent with DUP after the CONNACK (or, when the
+ * broker lost the session, freed by paho's session cleaning right then),
+ * and commands still queued are sent on the new connection. Those code
+ * paths race with the paho thread failing and freeing the lost connection's
+ * commands: under load a paho thread read a publish topic another had freed
+ * (ASan: heap-use-after-free in strlen on paho's copy made by
+ * MQTTAsync_sendMessage; without ASan subscribers got a status whose first
+ * 8 bytes were garbage; cf. paho #1310, #1592). Even when nothing crashes,
+ * the pre-loss queue (already reported failed to the loop) drips out at the
+ * broker's receive maximum per second, ahead of the re-subscription. None
+ * of that is needed: the loop resends from its outbox after every connect.
+ * So a client connects once (automaticReconnect off). When it loses its
+ * connection or fails to connect, the worker destroys it (never inside a
+ * callback) and, after a backoff, creates a fresh client with the same
+ * client id and clean start off: the broker resumes the session, and paho
+ * has nothing of the old connection to retry.
  *
  * Why a callback kills the connection before giving a message back. When the
  * module closes, a delivery that was not committed must not be acknowledged,
@@ -777,11 +798,35 @@ static int ssl_error_cb(const char *str, size_t len, void *u)
 	return 0;
 }
 
-/* Create a paho client for the current protocol version and start its one
- * connection attempt. mqtt_open() (before the worker runs) or the worker;
- * lock not held. */
-static int client_start(struct mqtt *m)
+/* lock not held; the worker, or mqtt_open() with old NULL. Destroy the
+ * finished client old (never inside a callback). Callbacks paho makes from
+ * there (the commands it fails) find destroying set. */
+static void client_destroy(struct mqtt *m, MQTTAsync old)
 {
+	if (!old)
+		return;
+	pthread_mutex_lock(&m->lock);
+	m->destroying = true;
+	pthread_mutex_unlock(&m->lock);
+	/* May wait while a delivery of this client waits for the loop (paho's
+	 * mutex); mqtt_close() releases such deliveries. */
+	MQTTAsync_destroy(&old);
+	pthread_mutex_lock(&m->lock);
+	m->destroying = false;
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Create a paho client for the current protocol version, destroy old (the
+ * previous one, if any), wait delay_ms (unless the worker is told to stop)
+ * and start the new client's one connection attempt. The new client exists
+ * before the old one goes, so paho never drops to zero clients: that stops
+ * and restarts its threads, and with a publish of the old client still on
+ * its way it leaked it (LeakSanitizer). mqtt_open() (before the worker runs)
+ * or the worker; lock not held. */
+static int client_start(struct mqtt *m, MQTTAsync old, long delay_ms)
+{
+	struct timespec ts;
+	bool stop;
 	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
 	MQTTAsync_connectOptions o = MQTTAsync_connectOptions_initializer5;
 	MQTTAsync_connectOptions o3 = MQTTAsync_connectOptions_initializer;
@@ -803,6 +848,7 @@ static int client_start(struct mqtt *m)
 	rc = MQTTAsync_createWithOptions(&client, m->uri, m->client_id,
 	                                 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
 	if (rc != MQTTASYNC_SUCCESS) {
+		client_destroy(m, old);
 		log_warnx("mqtt: cannot create client for %s: %s", m->uri, paho_text(rc));
 		return map_paho(rc);
 	}
@@ -866,6 +912,19 @@ static int client_start(struct mqtt *m)
 	pthread_mutex_lock(&m->lock);
 	m->client = client;
 	pthread_mutex_unlock(&m->lock);
+	client_destroy(m, old);
+	old = NULL;
+	pthread_mutex_lock(&m->lock);
+	deadline_in(&ts, delay_ms);
+	while (delay_ms > 0 && !m->worker_stop &&
+	       pthread_cond_timedwait(&m->wcond, &m->lock, &ts) != ETIMEDOUT)
+		;
+	stop = m->worker_stop;
+	pthread_mutex_unlock(&m->lock);
+	if (stop) { /* mqtt_close() destroys the client */
+		MQTTProperties_free(&props);
+		return 0;
+	}
 	rc = MQTTAsync_connect(client, &o);
 	MQTTProperties_free(&props);
 	if (rc != MQTTASYNC_SUCCESS) {
@@ -878,6 +937,7 @@ static int client_start(struct mqtt *m)
 
 fail:
 	MQTTProperties_free(&props);
+	client_destroy(m, old);
 fail_logged:
 	log_warnx("mqtt: cannot start client for %s: %s", m->uri, paho_text(rc));
 	MQTTAsync_destroy(&client);
@@ -1092,26 +1152,17 @@ static int send_one(MQTTAsync client, bool v5, const struct pubreq *r, struct sl
 	return rc;
 }
 
-/* lock held; the worker. Replace the finished client: destroy it (never
- * inside a callback: this is the worker), wait out the backoff, create and
- * connect a new one with the same client id and clean start off, so the
- * broker resumes the session. Returns with the lock held. */
+/* lock held; the worker. Replace the finished client by a new one with the
+ * same client id and clean start off (the broker resumes the session),
+ * connecting after a backoff, so that paho has nothing of the old
+ * connection to carry over (see the top of the file). Returns with the
+ * lock held. */
 static void restart_client(struct mqtt *m)
 {
 	MQTTAsync old = m->client;
-	struct timespec ts;
 	long delay_ms;
 
 	m->client = NULL;
-	m->destroying = true;
-	pthread_mutex_unlock(&m->lock);
-	/* May wait while a delivery of this client waits for the loop (paho's
-	 * mutex); mqtt_close() releases such deliveries. Callbacks paho makes
-	 * from here (commands it fails) find destroying set. */
-	if (old)
-		MQTTAsync_destroy(&old);
-	pthread_mutex_lock(&m->lock);
-	m->destroying = false;
 	if (m->want_fallback && m->v5 && !m->ever_connected) {
 		log_warnx("MQTT-FALLBACK %s refuses MQTT 5; using 3.1.1 (no message "
 		          "expiry, no response topics)", m->uri);
@@ -1122,14 +1173,9 @@ static void restart_client(struct mqtt *m)
 		m->backoff_s = m->backoff_s * 2 > m->rmax_s ? m->rmax_s : m->backoff_s * 2;
 	}
 	m->want_fallback = false;
-	deadline_in(&ts, delay_ms);
-	while (!m->worker_stop && pthread_cond_timedwait(&m->wcond, &m->lock, &ts) != ETIMEDOUT)
-		;
-	if (m->worker_stop)
-		return;
-	m->restart = false;
+	m->restart = false; /* the new client's callbacks may set it again */
 	pthread_mutex_unlock(&m->lock);
-	if (client_start(m) != 0) {
+	if (client_start(m, old, delay_ms) != 0) {
 		pthread_mutex_lock(&m->lock);
 		want_restart(m); /* logged; try again after the next backoff */
 		return;
@@ -1324,7 +1370,7 @@ int mqtt_open(const struct mqtt_opts *opts, struct mqtt **out)
 
 	/* The first client before the worker runs, so that options paho
 	 * refuses are reported here. */
-	if ((err = client_start(m)) != 0) {
+	if ((err = client_start(m, NULL, 0)) != 0) {
 		mqtt_close(m, 0);
 		return err;
 	}
