@@ -143,6 +143,7 @@ struct mqtt {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;  /* verdicts, close phases, callbacks leaving */
 	pthread_cond_t wcond; /* the worker: publishes queued, restart, stop */
+	MQTTAsync anchor;     /* never connected; keeps paho's count above 0 */
 
 	/* copied options, constant */
 	char *uri, *client_id, *username, *password, *ca, *cert, *key;
@@ -816,13 +817,18 @@ static void client_destroy(struct mqtt *m, MQTTAsync old)
 	pthread_mutex_unlock(&m->lock);
 }
 
-/* Create a paho client for the current protocol version, destroy old (the
- * previous one, if any), wait delay_ms (unless the worker is told to stop)
- * and start the new client's one connection attempt. The new client exists
- * before the old one goes, so paho never drops to zero clients: that stops
- * and restarts its threads, and with a publish of the old client still on
- * its way it leaked it (LeakSanitizer). mqtt_open() (before the worker runs)
- * or the worker; lock not held. */
+/* Destroy old (the previous client, if any), create a paho client for the
+ * current protocol version, wait delay_ms (unless the worker is told to
+ * stop) and start the new client's one connection attempt.
+ *
+ * Order matters (measured with the outage unit test). Creating the new
+ * client before destroying the old one crashed paho (SIGSEGV in
+ * MQTTAsync_send, about one run in two). Destroying the last client makes
+ * paho stop its threads and wipe its socket state, which leaked the
+ * publishes of a write cut short by the loss (LeakSanitizer). So the old
+ * client goes first, and m->anchor, an idle client that never connects,
+ * keeps paho above zero clients. mqtt_open() (before the worker runs) or
+ * the worker; lock not held. */
 static int client_start(struct mqtt *m, MQTTAsync old, long delay_ms)
 {
 	struct timespec ts;
@@ -839,6 +845,7 @@ static int client_start(struct mqtt *m, MQTTAsync old, long delay_ms)
 
 	/* Pinned versions only: MQTTVERSION_DEFAULT's own fallback duplicates
 	 * tokens (paho #1187). */
+	client_destroy(m, old);
 	co.MQTTVersion = m->v5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
 	co.sendWhileDisconnected = 0;
 	/* paho applies this bound while connected too: leave room for the
@@ -848,7 +855,6 @@ static int client_start(struct mqtt *m, MQTTAsync old, long delay_ms)
 	rc = MQTTAsync_createWithOptions(&client, m->uri, m->client_id,
 	                                 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
 	if (rc != MQTTASYNC_SUCCESS) {
-		client_destroy(m, old);
 		log_warnx("mqtt: cannot create client for %s: %s", m->uri, paho_text(rc));
 		return map_paho(rc);
 	}
@@ -911,10 +917,6 @@ static int client_start(struct mqtt *m, MQTTAsync old, long delay_ms)
 
 	pthread_mutex_lock(&m->lock);
 	m->client = client;
-	pthread_mutex_unlock(&m->lock);
-	client_destroy(m, old);
-	old = NULL;
-	pthread_mutex_lock(&m->lock);
 	deadline_in(&ts, delay_ms);
 	while (delay_ms > 0 && !m->worker_stop &&
 	       pthread_cond_timedwait(&m->wcond, &m->lock, &ts) != ETIMEDOUT)
@@ -937,7 +939,6 @@ static int client_start(struct mqtt *m, MQTTAsync old, long delay_ms)
 
 fail:
 	MQTTProperties_free(&props);
-	client_destroy(m, old);
 fail_logged:
 	log_warnx("mqtt: cannot start client for %s: %s", m->uri, paho_text(rc));
 	MQTTAsync_destroy(&client);
@@ -1368,6 +1369,20 @@ int mqtt_open(const struct mqtt_opts *opts, struct mqtt **out)
 	pthread_condattr_destroy(&ca);
 	pthread_mutex_init(&m->lock, NULL);
 
+	/* An idle client that lives as long as the module: paho never drops
+	 * to zero clients when the worker replaces the real one (see
+	 * client_start()). */
+	{
+		MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+		char id[300];
+
+		co.MQTTVersion = MQTTVERSION_5;
+		snprintf(id, sizeof id, "%.200s-idle", m->client_id);
+		if (MQTTAsync_createWithOptions(&m->anchor, m->uri, id,
+		                                MQTTCLIENT_PERSISTENCE_NONE, NULL, &co) !=
+		    MQTTASYNC_SUCCESS)
+			m->anchor = NULL;
+	}
 	/* The first client before the worker runs, so that options paho
 	 * refuses are reported here. */
 	if ((err = client_start(m, NULL, 0)) != 0) {
@@ -1459,6 +1474,8 @@ void mqtt_close(struct mqtt *m, int timeout_ms)
 	/* 4. Never inside a callback: this is the loop thread. */
 	if (client)
 		MQTTAsync_destroy(&client);
+	if (m->anchor)
+		MQTTAsync_destroy(&m->anchor);
 	pthread_mutex_lock(&m->lock);
 	m->client = NULL;
 	while (m->in_cb > 0)
