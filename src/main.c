@@ -147,6 +147,10 @@ static void before_sleep(struct loop *l, void *arg)
 		mqtt_inbound_done(d->mqtt, d->cmsgs[i].user, d->cmsgs[i].ack);
 	d->pending = NULL;
 	d->npending = 0;
+	/* Everything this turn published (outbox drain, statuses) goes to
+	 * the MQTT sender in one hand-off. */
+	if (d->mqtt)
+		mqtt_flush(d->mqtt);
 }
 
 static void on_signal(struct loop *l, int signo, void *arg)
@@ -490,9 +494,11 @@ static void flush_before_exit(struct daemon *d)
 				  &off, &off_len) == 0) {
 		struct mqtt_pub p = { .topic = d->state_topic, .payload = off, .len = off_len,
 				      .retain = true, .content_type = "application/json" };
-		if (mqtt_publish(d->mqtt, &p) == 0)
+		if (mqtt_publish(d->mqtt, &p) == 0) {
+			mqtt_flush(d->mqtt);
 			for (int i = 0; i < 100 && mqtt_inflight(d->mqtt); i++)
 				usleep(10000);
+		}
 		free(off);
 	}
 }

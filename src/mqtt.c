@@ -21,8 +21,29 @@
  * messageArrived runs (measured: MQTTAsync_isConnected() blocked behind a
  * waiting callback). Any paho call from the loop while a delivery waits for
  * the loop would deadlock, so the loop never calls paho after mqtt_open():
- * mqtt_publish() queues a copy and a worker thread of this module calls
- * MQTTAsync_sendMessage().
+ * mqtt_publish() keeps a copy in a loop-private list, mqtt_flush() moves the
+ * turn's list to a worker thread of this module (one lock, one wake-up) and
+ * the worker calls MQTTAsync_sendMessage() for all of it. PUBACK tags go
+ * back in a queue; the eventfd is written once per loop wake-up (armed).
+ *
+ * Why one paho client per connection. With automaticReconnect, paho 1.3.12
+ * carries the publishes of a lost connection over to the next one: QoS 1
+ * messages in flight are resent with DUP after the CONNACK (or, when the
+ * broker lost the session, freed by paho's session cleaning right then),
+ * and commands still queued are sent on the new connection. Those code
+ * paths race with the paho thread failing and freeing the lost connection's
+ * commands: under load a paho thread read a publish topic another had freed
+ * (ASan: heap-use-after-free in strlen on paho's copy made by
+ * MQTTAsync_sendMessage; without ASan subscribers got a status whose first
+ * 8 bytes were garbage; cf. paho #1310, #1592). Even when nothing crashes,
+ * the pre-loss queue (already reported failed to the loop) drips out at the
+ * broker's receive maximum per second, ahead of the re-subscription. None
+ * of that is needed: the loop resends from its outbox after every connect.
+ * So a client connects once (automaticReconnect off). When it loses its
+ * connection or fails to connect, the worker destroys it (never inside a
+ * callback) and, after a backoff, creates a fresh client with the same
+ * client id and clean start off: the broker resumes the session, and paho
+ * has nothing of the old connection to retry.
  *
  * Why a callback kills the connection before giving a message back. When the
  * module closes, a delivery that was not committed must not be acknowledged,
@@ -42,6 +63,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,10 +111,14 @@ struct slot {
 	bool busy;
 };
 
-/* A publish queued for the worker thread: one allocation, fields copied. */
+/* A publish on its way to paho: one allocation, fields copied. It waits in
+ * the loop's list until mqtt_flush(), then in the worker's queue. */
 struct pubreq {
 	struct pubreq *next;
+	uint64_t tag;
 	unsigned idx, gen;
+	int rc, token;  /* the worker's MQTTAsync_sendMessage() outcome */
+	bool live;      /* still wanted when the worker took it */
 	char *topic;
 	void *payload;
 	size_t len;
@@ -104,11 +130,20 @@ struct pubreq {
 	size_t correlation_len;
 };
 
+/* A reported publish: the caller's tag and the slot to give back. */
+struct report {
+	uint64_t tag;
+	unsigned idx;
+};
+
 struct mqtt {
-	MQTTAsync client;     /* written on the loop thread with lock held */
+	MQTTAsync client;     /* written with lock held, by the worker (and
+	                         mqtt_open/mqtt_close when no worker runs) */
 	int efd;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;  /* verdicts, close phases, callbacks leaving */
+	pthread_cond_t wcond; /* the worker: publishes queued, restart, stop */
+	MQTTAsync anchor;     /* never connected; keeps paho's count above 0 */
 
 	/* copied options, constant */
 	char *uri, *client_id, *username, *password, *ca, *cert, *key;
@@ -124,7 +159,10 @@ struct mqtt {
 
 	/* guarded by lock */
 	bool v5;
-	bool connected, ever_connected, want_fallback;
+	bool ever_connected, want_fallback;
+	bool restart;                 /* the worker must replace the client */
+	bool destroying;              /* the worker is destroying a client */
+	bool armed;                   /* eventfd written, loop has not read it */
 	bool closing, disc_done, worker_stop, worker_started;
 	pthread_t worker;
 	struct pubreq *pq_head, **pq_tail; /* for the worker */
@@ -133,15 +171,24 @@ struct mqtt {
 	struct mqtt_msg *qhead, **qtail; /* waiting for the loop */
 	struct inbound *live;
 	struct slot *slots;
-	unsigned window;
-	unsigned *ring;               /* free slot indices, FIFO */
-	unsigned ring_head, ring_count;
-	uint64_t *delivered, *failed; /* capacity window each */
+	unsigned window;              /* slots allocated (max_inflight) */
+	struct report *delivered, *failed; /* capacity window each */
 	size_t n_delivered, n_failed;
 	struct slot online_slot;      /* context of the module's own publish */
 
+	/* written under lock, read without it by the loop */
+	_Atomic bool connected;
+	_Atomic unsigned limit;       /* usable window: max_inflight capped by
+	                                 the broker's receive maximum */
+
+	int backoff_s;                /* guarded by lock: next reconnect delay */
+
 	/* loop thread only */
 	unsigned inflight;            /* accepted, not yet taken as reported */
+	unsigned *ring;               /* free slot indices, FIFO */
+	unsigned ring_head, ring_count;
+	struct pubreq *lq_head, **lq_tail; /* published, not yet flushed */
+	bool self_wake;               /* the loop will wake and flush them */
 };
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -187,9 +234,16 @@ static const char *paho_text(int rc)
 	return s ? s : "unknown paho error";
 }
 
+/* lock held. One eventfd write per loop wake-up, however many events,
+ * tags and messages pile up before the loop reads it (mqtt_take_events()
+ * disarms). */
 static void signal_loop(struct mqtt *m)
 {
 	uint64_t one = 1;
+
+	if (m->armed)
+		return;
+	m->armed = true;
 	/* EAGAIN means the counter is already huge: the loop will wake anyway. */
 	if (write(m->efd, &one, sizeof one) < 0 && errno != EAGAIN)
 		log_warn("mqtt: eventfd write");
@@ -482,8 +536,9 @@ static void on_sub_fail5(void *ctx, MQTTAsync_failureData5 *r)
 {
 	struct mqtt *m = ctx;
 	cb_enter(m);
-	log_warnx("MQTT-SUBSCRIBE failed: %s (%s)", paho_text(r->code),
-	          reason_text(r->reasonCode));
+	if (!m->destroying && !m->closing)
+		log_warnx("MQTT-SUBSCRIBE failed: %s (%s)", paho_text(r->code),
+		          reason_text(r->reasonCode));
 	cb_leave(m);
 }
 
@@ -491,7 +546,8 @@ static void on_sub_fail3(void *ctx, MQTTAsync_failureData *r)
 {
 	struct mqtt *m = ctx;
 	cb_enter(m);
-	log_warnx("MQTT-SUBSCRIBE failed: %s", paho_text(r->code));
+	if (!m->destroying && !m->closing)
+		log_warnx("MQTT-SUBSCRIBE failed: %s", paho_text(r->code));
 	cb_leave(m);
 }
 
@@ -578,10 +634,11 @@ static void on_connected(void *ctx, char *cause)
 	bool v5;
 
 	cb_enter(m);
-	if (!m->closing && m->client) {
+	if (!m->closing && !m->destroying && !m->restart && m->client) {
 		m->connected = true;
 		m->ever_connected = true;
 		m->connects++;
+		m->backoff_s = m->rmin_s;
 		client = m->client;
 		v5 = m->v5;
 		log_info("MQTT-CONNECTED %s as %s (MQTT %s)", m->uri, m->client_id,
@@ -597,18 +654,33 @@ static void on_connected(void *ctx, char *cause)
 	cb_leave(m);
 }
 
+/* lock held: the slot's publish will not be confirmed. */
+static void slot_fail(struct mqtt *m, struct slot *s)
+{
+	s->busy = false;
+	m->failed[m->n_failed++] = (struct report){ s->tag, (unsigned)(s - m->slots) };
+	signal_loop(m);
+}
+
 /* lock held: every publish in flight will not be confirmed on this
  * connection; the loop resends them after the next connect. */
 static void fail_inflight(struct mqtt *m)
 {
-	for (unsigned i = 0; i < m->window; i++) {
-		struct slot *s = &m->slots[i];
-		if (!s->busy)
-			continue;
-		s->busy = false;
-		m->failed[m->n_failed++] = s->tag;
-		m->ring[(m->ring_head + m->ring_count++) % m->window] = i;
-	}
+	for (unsigned i = 0; i < m->window; i++)
+		if (m->slots[i].busy)
+			slot_fail(m, &m->slots[i]);
+}
+
+/* lock held: this client is finished (lost, or never connected). The worker
+ * destroys it and connects a new one after a backoff, so that paho never
+ * carries a command over to another connection (see the top of the
+ * file). */
+static void want_restart(struct mqtt *m)
+{
+	if (m->closing || m->destroying)
+		return;
+	m->restart = true;
+	pthread_cond_signal(&m->wcond);
 }
 
 static void on_lost(void *ctx, char *cause)
@@ -616,7 +688,7 @@ static void on_lost(void *ctx, char *cause)
 	struct mqtt *m = ctx;
 
 	cb_enter(m);
-	if (m->connected) {
+	if (m->connected && !m->destroying) {
 		m->connected = false;
 		m->losses++;
 		fail_inflight(m);
@@ -625,6 +697,42 @@ static void on_lost(void *ctx, char *cause)
 			          cause ? ": " : "", cause ? cause : "");
 		signal_loop(m);
 	}
+	want_restart(m);
+	cb_leave(m);
+}
+
+/* The connect succeeded: the broker's receive maximum (MQTT 5) caps the
+ * window. paho holds back a publish beyond it in its queue, and its send
+ * thread looks at that queue again only when another command arrives or a
+ * second has passed: a window above the broker's limit would make the tail
+ * of every burst wait in paho for up to a second per receive maximum. One
+ * place is kept for the module's own online message. */
+static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
+{
+	struct mqtt *m = ctx;
+	unsigned limit = m->window;
+
+	cb_enter(m);
+	if (MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM)) {
+		int rmax = MQTTProperties_getNumericValue(&r->properties,
+		                                          MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
+		unsigned cap = rmax > 0 ? (unsigned)rmax : 1;
+
+		if (m->online_topic && cap > 1)
+			cap--;
+		if (cap < limit)
+			limit = cap;
+	}
+	m->limit = limit;
+	cb_leave(m);
+}
+
+static void on_connect_ok3(void *ctx, MQTTAsync_successData *r)
+{
+	struct mqtt *m = ctx;
+
+	cb_enter(m);
+	m->limit = m->window;
 	cb_leave(m);
 }
 
@@ -638,15 +746,14 @@ static void on_connect_fail5(void *ctx, MQTTAsync_failureData5 *r)
 	 * reason code 0x84. */
 	if (r->reasonCode == MQTTREASONCODE_UNSUPPORTED_PROTOCOL_VERSION ||
 	    r->reasonCode == 1 || r->code == 1) {
-		if (m->v5 && !m->ever_connected && !m->want_fallback) {
+		if (m->v5 && !m->ever_connected && !m->destroying)
 			m->want_fallback = true;
-			signal_loop(m);
-		}
-	} else {
+	} else if (!m->destroying && !m->closing) {
 		log_warnx("MQTT-CONNECT to %s failed: %s%s%s; retrying", m->uri,
 		          r->code ? paho_text(r->code) : reason_text(r->reasonCode),
 		          r->message ? ": " : "", r->message ? r->message : "");
 	}
+	want_restart(m);
 	cb_leave(m);
 }
 
@@ -655,8 +762,10 @@ static void on_connect_fail3(void *ctx, MQTTAsync_failureData *r)
 	struct mqtt *m = ctx;
 
 	cb_enter(m);
-	log_warnx("MQTT-CONNECT to %s failed: %s%s%s; retrying", m->uri, paho_text(r->code),
-	          r->message ? ": " : "", r->message ? r->message : "");
+	if (!m->destroying && !m->closing)
+		log_warnx("MQTT-CONNECT to %s failed: %s%s%s; retrying", m->uri,
+		          paho_text(r->code), r->message ? ": " : "", r->message ? r->message : "");
+	want_restart(m);
 	cb_leave(m);
 }
 
@@ -690,10 +799,40 @@ static int ssl_error_cb(const char *str, size_t len, void *u)
 	return 0;
 }
 
-/* Create the paho client for the current protocol version and start
- * connecting. Loop thread; lock not held. */
-static int client_start(struct mqtt *m)
+/* lock not held; the worker, or mqtt_open() with old NULL. Destroy the
+ * finished client old (never inside a callback). Callbacks paho makes from
+ * there (the commands it fails) find destroying set. */
+static void client_destroy(struct mqtt *m, MQTTAsync old)
 {
+	if (!old)
+		return;
+	pthread_mutex_lock(&m->lock);
+	m->destroying = true;
+	pthread_mutex_unlock(&m->lock);
+	/* May wait while a delivery of this client waits for the loop (paho's
+	 * mutex); mqtt_close() releases such deliveries. */
+	MQTTAsync_destroy(&old);
+	pthread_mutex_lock(&m->lock);
+	m->destroying = false;
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Destroy old (the previous client, if any), create a paho client for the
+ * current protocol version, wait delay_ms (unless the worker is told to
+ * stop) and start the new client's one connection attempt.
+ *
+ * Order matters (measured with the outage unit test). Creating the new
+ * client before destroying the old one crashed paho (SIGSEGV in
+ * MQTTAsync_send, about one run in two). Destroying the last client makes
+ * paho stop its threads and wipe its socket state, which leaked the
+ * publishes of a write cut short by the loss (LeakSanitizer). So the old
+ * client goes first, and m->anchor, an idle client that never connects,
+ * keeps paho above zero clients. mqtt_open() (before the worker runs) or
+ * the worker; lock not held. */
+static int client_start(struct mqtt *m, MQTTAsync old, long delay_ms)
+{
+	struct timespec ts;
+	bool stop;
 	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
 	MQTTAsync_connectOptions o = MQTTAsync_connectOptions_initializer5;
 	MQTTAsync_connectOptions o3 = MQTTAsync_connectOptions_initializer;
@@ -706,11 +845,13 @@ static int client_start(struct mqtt *m)
 
 	/* Pinned versions only: MQTTVERSION_DEFAULT's own fallback duplicates
 	 * tokens (paho #1187). */
+	client_destroy(m, old);
 	co.MQTTVersion = m->v5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
 	co.sendWhileDisconnected = 0;
 	/* paho applies this bound while connected too: leave room for the
 	 * window plus the online message and subscribe commands. */
 	co.maxBufferedMessages = (int)m->window + 16;
+	m->limit = m->window; /* until the CONNACK says otherwise */
 	rc = MQTTAsync_createWithOptions(&client, m->uri, m->client_id,
 	                                 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
 	if (rc != MQTTASYNC_SUCCESS) {
@@ -730,9 +871,9 @@ static int client_start(struct mqtt *m)
 	o.keepAliveInterval = m->keepalive_s;
 	o.connectTimeout = CONNECT_TIMEOUT_S;
 	o.retryInterval = 0;
-	o.automaticReconnect = 1;
-	o.minRetryInterval = m->rmin_s;
-	o.maxRetryInterval = m->rmax_s;
+	/* One connection per client: the worker replaces the client instead
+	 * (see the top of the file). */
+	o.automaticReconnect = 0;
 	o.username = m->username;
 	o.password = m->password;
 	o.context = m;
@@ -746,10 +887,12 @@ static int client_start(struct mqtt *m)
 			goto fail;
 		}
 		o.connectProperties = &props;
+		o.onSuccess5 = on_connect_ok5;
 		o.onFailure5 = on_connect_fail5;
 	} else {
 		o.MQTTVersion = MQTTVERSION_3_1_1;
 		o.cleansession = 0;
+		o.onSuccess = on_connect_ok3;
 		o.onFailure = on_connect_fail3;
 	}
 	if (m->will_topic) {
@@ -774,7 +917,16 @@ static int client_start(struct mqtt *m)
 
 	pthread_mutex_lock(&m->lock);
 	m->client = client;
+	deadline_in(&ts, delay_ms);
+	while (delay_ms > 0 && !m->worker_stop &&
+	       pthread_cond_timedwait(&m->wcond, &m->lock, &ts) != ETIMEDOUT)
+		;
+	stop = m->worker_stop;
 	pthread_mutex_unlock(&m->lock);
+	if (stop) { /* mqtt_close() destroys the client */
+		MQTTProperties_free(&props);
+		return 0;
+	}
 	rc = MQTTAsync_connect(client, &o);
 	MQTTProperties_free(&props);
 	if (rc != MQTTASYNC_SUCCESS) {
@@ -944,15 +1096,6 @@ static void takeover(struct mqtt *m)
 
 /* ---- the publishing worker ------------------------------------------------- */
 
-/* lock held: the slot's publish will not be confirmed. */
-static void slot_fail(struct mqtt *m, struct slot *s)
-{
-	s->busy = false;
-	m->failed[m->n_failed++] = s->tag;
-	m->ring[(m->ring_head + m->ring_count++) % m->window] = (unsigned)(s - m->slots);
-	signal_loop(m);
-}
-
 static int send_one(MQTTAsync client, bool v5, const struct pubreq *r, struct slot *s, int *token)
 {
 	MQTTAsync_message msg = MQTTAsync_message_initializer;
@@ -1010,47 +1153,94 @@ static int send_one(MQTTAsync client, bool v5, const struct pubreq *r, struct sl
 	return rc;
 }
 
+/* lock held; the worker. Replace the finished client by a new one with the
+ * same client id and clean start off (the broker resumes the session),
+ * connecting after a backoff, so that paho has nothing of the old
+ * connection to carry over (see the top of the file). Returns with the
+ * lock held. */
+static void restart_client(struct mqtt *m)
+{
+	MQTTAsync old = m->client;
+	long delay_ms;
+
+	m->client = NULL;
+	if (m->want_fallback && m->v5 && !m->ever_connected) {
+		log_warnx("MQTT-FALLBACK %s refuses MQTT 5; using 3.1.1 (no message "
+		          "expiry, no response topics)", m->uri);
+		m->v5 = false;
+		delay_ms = 0;
+	} else {
+		delay_ms = m->backoff_s * 1000L;
+		m->backoff_s = m->backoff_s * 2 > m->rmax_s ? m->rmax_s : m->backoff_s * 2;
+	}
+	m->want_fallback = false;
+	m->restart = false; /* the new client's callbacks may set it again */
+	pthread_mutex_unlock(&m->lock);
+	if (client_start(m, old, delay_ms) != 0) {
+		pthread_mutex_lock(&m->lock);
+		want_restart(m); /* logged; try again after the next backoff */
+		return;
+	}
+	pthread_mutex_lock(&m->lock);
+}
+
 static void *worker_main(void *arg)
 {
 	struct mqtt *m = arg;
 
 	pthread_mutex_lock(&m->lock);
 	while (!m->worker_stop) {
-		struct pubreq *r = m->pq_head;
-		struct slot *s;
+		struct pubreq *batch = m->pq_head, *r, *next;
 		MQTTAsync client;
 		bool v5;
-		int rc, token = -1;
 
-		if (!r) {
-			pthread_cond_wait(&m->cond, &m->lock);
+		if (m->restart && !m->closing) {
+			restart_client(m);
 			continue;
 		}
-		if (!(m->pq_head = r->next))
-			m->pq_tail = &m->pq_head;
-		s = &m->slots[r->idx];
-		if (!s->busy || s->gen != r->gen) { /* failed by a connection loss */
-			free(r);
+		if (!batch) {
+			pthread_cond_wait(&m->wcond, &m->lock);
 			continue;
+		}
+		/* Everything queued goes in one go. */
+		m->pq_head = NULL;
+		m->pq_tail = &m->pq_head;
+		for (r = batch; r; r = r->next) {
+			struct slot *s = &m->slots[r->idx];
+			r->live = s->busy && s->gen == r->gen; /* else failed by a loss */
 		}
 		client = m->client;
 		v5 = m->v5;
 		pthread_mutex_unlock(&m->lock);
 		/* May wait while a delivery waits for the loop (paho's mutex);
 		 * that is why this is not the loop's thread. */
-		rc = send_one(client, v5, r, s, &token);
+		for (r = batch; r; r = r->next) {
+			r->token = -1;
+			if (r->live)
+				r->rc = client ? send_one(client, v5, r, &m->slots[r->idx], &r->token)
+				               : MQTTASYNC_DISCONNECTED;
+		}
 		pthread_mutex_lock(&m->lock);
-		if (s->busy && s->gen == r->gen) {
-			if (rc == MQTTASYNC_SUCCESS) {
+		for (r = batch; r; r = r->next) {
+			struct slot *s = &m->slots[r->idx];
+
+			if (!r->live || !s->busy || s->gen != r->gen)
+				continue;
+			if (r->rc == MQTTASYNC_SUCCESS) {
 				if (s->token == -1)
-					s->token = token;
+					s->token = r->token;
 			} else {
-				if (rc != MQTTASYNC_DISCONNECTED)
-					log_warnx("MQTT-PUBLISH %s: %s", r->topic, paho_text(rc));
+				if (r->rc != MQTTASYNC_DISCONNECTED)
+					log_warnx("MQTT-PUBLISH %s: %s", r->topic, paho_text(r->rc));
 				slot_fail(m, s);
 			}
 		}
-		free(r);
+		pthread_mutex_unlock(&m->lock);
+		for (r = batch; r; r = next) {
+			next = r->next;
+			free(r);
+		}
+		pthread_mutex_lock(&m->lock);
 	}
 	pthread_mutex_unlock(&m->lock);
 	return NULL;
@@ -1114,12 +1304,14 @@ int mqtt_open(const struct mqtt_opts *opts, struct mqtt **out)
 	m->v5 = true;
 	m->qtail = &m->qhead;
 	m->pq_tail = &m->pq_head;
+	m->lq_tail = &m->lq_head;
 	m->keepalive_s = opts->keepalive_s ? opts->keepalive_s : DEF_KEEPALIVE_S;
 	m->expiry_s = opts->session_expiry_s ? opts->session_expiry_s : DEF_EXPIRY_S;
 	m->rmin_s = opts->reconnect_min_s ? opts->reconnect_min_s : DEF_RECONNECT_MIN_S;
 	m->rmax_s = opts->reconnect_max_s ? opts->reconnect_max_s : DEF_RECONNECT_MAX_S;
 	if (m->rmax_s < m->rmin_s)
 		m->rmax_s = m->rmin_s;
+	m->backoff_s = m->rmin_s;
 	m->window = opts->max_inflight ? opts->max_inflight : DEF_WINDOW;
 	m->refuse_ms = opts->refuse_retry_ms ? opts->refuse_retry_ms : DEF_REFUSE_MS;
 	m->online_slot.m = m;
@@ -1173,19 +1365,35 @@ int mqtt_open(const struct mqtt_opts *opts, struct mqtt **out)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&m->cond, &ca);
+	pthread_cond_init(&m->wcond, &ca);
 	pthread_condattr_destroy(&ca);
 	pthread_mutex_init(&m->lock, NULL);
 
-	if ((err = -pthread_create(&m->worker, NULL, worker_main, m)) != 0) {
-		pthread_cond_destroy(&m->cond);
-		pthread_mutex_destroy(&m->lock);
-		goto fail;
+	/* An idle client that lives as long as the module: paho never drops
+	 * to zero clients when the worker replaces the real one (see
+	 * client_start()). */
+	{
+		MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+		char id[300];
+
+		co.MQTTVersion = MQTTVERSION_5;
+		snprintf(id, sizeof id, "%.200s-idle", m->client_id);
+		if (MQTTAsync_createWithOptions(&m->anchor, m->uri, id,
+		                                MQTTCLIENT_PERSISTENCE_NONE, NULL, &co) !=
+		    MQTTASYNC_SUCCESS)
+			m->anchor = NULL;
 	}
-	m->worker_started = true;
-	if ((err = client_start(m)) != 0) {
+	/* The first client before the worker runs, so that options paho
+	 * refuses are reported here. */
+	if ((err = client_start(m, NULL, 0)) != 0) {
 		mqtt_close(m, 0);
 		return err;
 	}
+	if ((err = -pthread_create(&m->worker, NULL, worker_main, m)) != 0) {
+		mqtt_close(m, 0);
+		return err;
+	}
+	m->worker_started = true;
 	*out = m;
 	return 0;
 
@@ -1222,12 +1430,16 @@ void mqtt_close(struct mqtt *m, int timeout_ms)
 	m->qtail = &m->qhead;
 	m->worker_stop = true;
 	pthread_cond_broadcast(&m->cond);
-	client = m->client;
+	pthread_cond_signal(&m->wcond);
 	pthread_mutex_unlock(&m->lock);
 
-	/* 2. The worker may be inside paho, waiting for those callbacks. */
+	/* 2. The worker may be inside paho, waiting for those callbacks, or
+	 *    replacing the client. */
 	if (m->worker_started)
 		pthread_join(m->worker, NULL);
+	pthread_mutex_lock(&m->lock);
+	client = m->client;
+	pthread_mutex_unlock(&m->lock);
 
 	/* 3. A normal DISCONNECT: the broker keeps the session and drops the
 	 *    will. Publishes in flight get up to timeout_ms. */
@@ -1262,6 +1474,8 @@ void mqtt_close(struct mqtt *m, int timeout_ms)
 	/* 4. Never inside a callback: this is the loop thread. */
 	if (client)
 		MQTTAsync_destroy(&client);
+	if (m->anchor)
+		MQTTAsync_destroy(&m->anchor);
 	pthread_mutex_lock(&m->lock);
 	m->client = NULL;
 	while (m->in_cb > 0)
@@ -1276,8 +1490,14 @@ void mqtt_close(struct mqtt *m, int timeout_ms)
 		free(r);
 	}
 	pthread_mutex_unlock(&m->lock);
+	while (m->lq_head) {
+		struct pubreq *r = m->lq_head;
+		m->lq_head = r->next;
+		free(r);
+	}
 
 	pthread_cond_destroy(&m->cond);
+	pthread_cond_destroy(&m->wcond);
 	pthread_mutex_destroy(&m->lock);
 	close(m->efd);
 	opts_free(m);
@@ -1292,36 +1512,18 @@ int mqtt_fd(const struct mqtt *m)
 void mqtt_take_events(struct mqtt *m, struct mqtt_events *ev)
 {
 	uint64_t v;
-	bool fallback;
-	MQTTAsync old;
 
+	mqtt_flush(m); /* publishes the loop did not flush itself */
+	/* Read first, then disarm: whatever is signalled after the read finds
+	 * the eventfd disarmed and wakes the loop again. */
 	while (read(m->efd, &v, sizeof v) == (ssize_t)sizeof v)
 		;
 	pthread_mutex_lock(&m->lock);
+	m->armed = false;
 	ev->connects = m->connects;
 	ev->losses = m->losses;
 	ev->subacks = m->subacks;
 	m->connects = m->losses = m->subacks = 0;
-	fallback = m->want_fallback && !m->ever_connected && m->v5 && !m->closing;
-	old = m->client;
-	pthread_mutex_unlock(&m->lock);
-
-	if (fallback) {
-		/* The broker refused MQTT 5 before we ever connected, so no
-		 * delivery can be blocked in on_message: safe to replace the
-		 * client here, on the loop thread. */
-		log_warnx("MQTT-FALLBACK %s refuses MQTT 5; using 3.1.1 (no message "
-		          "expiry, no response topics)", m->uri);
-		MQTTAsync_destroy(&old);
-		pthread_mutex_lock(&m->lock);
-		m->client = NULL;
-		m->v5 = false;
-		m->want_fallback = false;
-		pthread_mutex_unlock(&m->lock);
-		if (client_start(m) != 0)
-			log_error("MQTT-FALLBACK cannot restart the client; MQTT is down");
-	}
-	pthread_mutex_lock(&m->lock);
 	ev->connected = m->connected;
 	pthread_mutex_unlock(&m->lock);
 }
@@ -1345,18 +1547,17 @@ static void pub_report(struct slot *s, int tok, bool ok, int code, int reason)
 
 	cb_enter(m);
 	if (s == &m->online_slot) {
-		if (!ok)
+		if (!ok && !m->destroying && !m->closing)
 			log_warnx("MQTT-ONLINE publish failed: %s",
 			          code ? paho_text(code) : reason_text(reason));
 	} else if (s->busy && (s->token == tok || s->token == -1)) {
-		unsigned i = (unsigned)(s - m->slots);
+		struct report rep = { s->tag, (unsigned)(s - m->slots) };
 
 		s->busy = false;
 		if (ok)
-			m->delivered[m->n_delivered++] = s->tag;
+			m->delivered[m->n_delivered++] = rep;
 		else
-			m->failed[m->n_failed++] = s->tag;
-		m->ring[(m->ring_head + m->ring_count++) % m->window] = i;
+			m->failed[m->n_failed++] = rep;
 		if (!ok)
 			log_warnx("MQTT-PUBLISH not acknowledged: %s",
 			          code ? paho_text(code) : reason_text(reason));
@@ -1390,7 +1591,6 @@ int mqtt_publish(struct mqtt *m, const struct mqtt_pub *pub)
 {
 	size_t tlen, ctl = 0, rtl = 0, need;
 	struct pubreq *r;
-	struct slot *s;
 	char *p;
 
 	if (!pub || !pub->topic || !*pub->topic || (pub->len && !pub->payload) ||
@@ -1429,42 +1629,85 @@ int mqtt_publish(struct mqtt *m, const struct mqtt_pub *pub)
 	}
 	r->retain = pub->retain;
 	r->expiry_s = pub->expiry_s;
+	r->tag = pub->tag;
 
-	pthread_mutex_lock(&m->lock);
-	if (!m->connected || m->closing) {
-		pthread_mutex_unlock(&m->lock);
+	/* Loop-private from here to mqtt_flush(): no lock, no wake-up. */
+	if (!m->connected) {
 		free(r);
 		return -ENOTCONN;
 	}
-	if (m->inflight >= m->window || m->ring_count == 0) {
-		pthread_mutex_unlock(&m->lock);
+	if (m->inflight >= m->limit || m->ring_count == 0) {
 		free(r);
 		return -EAGAIN;
 	}
 	r->idx = m->ring[m->ring_head];
 	m->ring_head = (m->ring_head + 1) % m->window;
 	m->ring_count--;
-	s = &m->slots[r->idx];
-	s->busy = true;
-	s->token = -1;
-	s->tag = pub->tag;
-	r->gen = ++s->gen;
-	*m->pq_tail = r;
-	m->pq_tail = &r->next;
+	*m->lq_tail = r;
+	m->lq_tail = &r->next;
 	m->inflight++;
-	pthread_cond_broadcast(&m->cond);
-	pthread_mutex_unlock(&m->lock);
+	if (!m->self_wake) {
+		/* In case the loop never calls mqtt_flush(): make sure it
+		 * wakes up, and mqtt_take_events() flushes. mqtt_flush()
+		 * takes this wake-up back. */
+		m->self_wake = true;
+		pthread_mutex_lock(&m->lock);
+		signal_loop(m);
+		pthread_mutex_unlock(&m->lock);
+	}
 	return 0;
+}
+
+void mqtt_flush(struct mqtt *m)
+{
+	struct pubreq *r, *next, *head = m->lq_head;
+	uint64_t v;
+
+	if (!head)
+		return;
+	m->lq_head = NULL;
+	m->lq_tail = &m->lq_head;
+	pthread_mutex_lock(&m->lock);
+	if (m->self_wake && m->armed && !m->n_delivered && !m->n_failed && !m->qhead &&
+	    !m->connects && !m->losses && !m->subacks) {
+		/* Nothing else for the loop: take back the wake-up that
+		 * mqtt_publish() arranged. Whatever comes later signals
+		 * again. */
+		while (read(m->efd, &v, sizeof v) == (ssize_t)sizeof v)
+			;
+		m->armed = false;
+	}
+	m->self_wake = false;
+	if (!m->connected || m->restart || m->closing) {
+		/* Lost since mqtt_publish() accepted them: report them failed
+		 * like the ones paho had already. */
+		for (r = head; r; r = next) {
+			next = r->next;
+			m->failed[m->n_failed++] = (struct report){ r->tag, r->idx };
+			free(r);
+		}
+		signal_loop(m);
+	} else {
+		for (r = head; r; r = r->next) {
+			struct slot *s = &m->slots[r->idx];
+
+			s->busy = true;
+			s->token = -1;
+			s->tag = r->tag;
+			r->gen = ++s->gen;
+		}
+		*m->pq_tail = head;
+		for (r = head; r->next; r = r->next)
+			;
+		m->pq_tail = &r->next;
+		pthread_cond_signal(&m->wcond);
+	}
+	pthread_mutex_unlock(&m->lock);
 }
 
 bool mqtt_can_publish(struct mqtt *m)
 {
-	bool ok;
-
-	pthread_mutex_lock(&m->lock);
-	ok = m->connected && m->inflight < m->window && m->ring_count > 0;
-	pthread_mutex_unlock(&m->lock);
-	return ok;
+	return m->connected && m->inflight < m->limit && m->ring_count > 0;
 }
 
 unsigned mqtt_inflight(struct mqtt *m)
@@ -1472,13 +1715,17 @@ unsigned mqtt_inflight(struct mqtt *m)
 	return m->inflight;
 }
 
-static size_t take_tags(struct mqtt *m, uint64_t *q, size_t *n, uint64_t *tags, size_t max)
+static size_t take_tags(struct mqtt *m, struct report *q, size_t *n, uint64_t *tags, size_t max)
 {
 	size_t k;
 
 	pthread_mutex_lock(&m->lock);
 	k = *n < max ? *n : max;
-	memcpy(tags, q, k * sizeof *tags);
+	for (size_t i = 0; i < k; i++) {
+		tags[i] = q[i].tag;
+		/* The slot is free again for mqtt_publish(). */
+		m->ring[(m->ring_head + m->ring_count++) % m->window] = q[i].idx;
+	}
 	memmove(q, q + k, (*n - k) * sizeof *q);
 	*n -= k;
 	m->inflight -= (unsigned)k;

@@ -11,11 +11,16 @@
  * The loop adds mqtt_fd() (an eventfd, EPOLLIN) to its epoll set. When it is
  * readable, the loop calls, in this order:
  *   1. mqtt_take_events()     reads the eventfd, reports (re)connects/losses
+ *                             (required on every wake-up: the module writes
+ *                             the eventfd again only after this call)
  *   2. mqtt_take_delivered()  tags whose PUBACK arrived -> delete outbox rows
  *      mqtt_take_failed()     tags that will not be acknowledged -> resend later
+ *                             (take each until it returns 0)
  *   3. mqtt_take_inbound()    messages waiting for the loop; process them all
  *                             in one transaction, commit, then call
  *                             mqtt_inbound_done() for each.
+ * and once per loop turn, after its last mqtt_publish() and before it sleeps:
+ *   4. mqtt_flush()           hands the turn's publishes to paho at once.
  *
  * The ack rule (docs/mqtt.md). An inbound QoS 1 message is acknowledged to
  * the broker only after mqtt_inbound_done(msg, true). Until then the paho
@@ -51,7 +56,8 @@ struct mqtt_opts {
 	uint32_t session_expiry_s; /* 0 = 7 days; MQTT 5 only */
 	int reconnect_min_s;    /* 0 = 1 */
 	int reconnect_max_s;    /* 0 = 30 */
-	unsigned max_inflight;  /* publish window; 0 = 256 */
+	unsigned max_inflight;  /* publish window; 0 = 256; capped on every
+	                           connect by the broker's receive maximum */
 	unsigned refuse_retry_ms; /* delay before a refused message is offered
 	                             again; 0 = 200 */
 	/* Topic filters subscribed at QoS 1 on every connect (borrowed only
@@ -113,7 +119,8 @@ struct mqtt_pub {
 };
 
 /* Create the client and start connecting (in the background, retrying with
- * backoff until it succeeds). *out is new: release with mqtt_close().
+ * backoff reconnect_min_s..reconnect_max_s until it succeeds, and again
+ * after every loss). *out is new: release with mqtt_close().
  * Errors: -EINVAL (bad options), EC_ECONFIG (paho refused them), -ENOMEM,
  * -errno of eventfd. */
 int mqtt_open(const struct mqtt_opts *opts, struct mqtt **out);
@@ -127,8 +134,8 @@ void mqtt_close(struct mqtt *m, int timeout_ms);
 /* The eventfd to watch for EPOLLIN. Constant for the module's life. */
 int mqtt_fd(const struct mqtt *m);
 
-/* Read the eventfd and report connection events (and, if the broker refused
- * MQTT 5 on the first connect, switch to 3.1.1 here). */
+/* Flush unflushed publishes, read the eventfd and report connection
+ * events. */
 void mqtt_take_events(struct mqtt *m, struct mqtt_events *ev);
 
 /* The messages waiting for the loop, oldest first, linked by ->next; NULL if
@@ -146,10 +153,23 @@ void mqtt_inbound_done(struct mqtt *m, struct mqtt_msg *msg, bool committed);
  * the broker, or the connection was lost first: resend it after the next
  * connect). Errors, tag not reported: -ENOTCONN (not connected: fails
  * fast), -EAGAIN (window full, see mqtt_can_publish()), -EINVAL, -EMSGSIZE,
- * -ENOMEM, EC_EPROTO (paho refused it). */
+ * -ENOMEM. An accepted publish waits in the loop's own list until
+ * mqtt_flush() (no lock, no thread wake-up per message). */
 int mqtt_publish(struct mqtt *m, const struct mqtt_pub *pub);
 
-/* True when connected and the publish window has room. */
+/* Hand every publish accepted since the last flush to the module's sender
+ * thread: one lock and one wake-up for the whole batch. Call it once per
+ * loop turn, after the turn's last mqtt_publish() and before the loop
+ * sleeps. If the loop forgets, nothing is stuck: the first unflushed
+ * publish of a turn also makes mqtt_fd() readable, and mqtt_take_events()
+ * flushes; that costs the loop one extra turn (mqtt_flush() takes the
+ * wake-up back when it finds nothing else for the loop). Cheap when there
+ * is nothing to flush. */
+void mqtt_flush(struct mqtt *m);
+
+/* True when connected and the publish window has room. The window is
+ * max_inflight, capped by the broker's receive maximum (MQTT 5: mosquitto
+ * grants 20 unless max_inflight_messages says otherwise). */
 bool mqtt_can_publish(struct mqtt *m);
 /* Publishes accepted and not yet reported. */
 unsigned mqtt_inflight(struct mqtt *m);

@@ -805,6 +805,7 @@ static int ctl_control(const char *broker, const char *prefix, bool json, int ar
 		fail(rc, "publishing");
 		goto out;
 	}
+	mqtt_flush(m); /* hand it to the sender now, not one wake-up later */
 	struct mqtt_msg *msg = wait_reply(m, until, &subscribed, true);
 	if (!msg) {
 		fprintf(stderr, "edgecoordctl: no answer from the coordinator on %s within %d s\n",

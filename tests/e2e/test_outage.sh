@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# outage_broken.sh - store-and-forward across broker outages.
+# test_outage.sh - store-and-forward across broker outages.
 #
-# NOT a ctest case yet (its name is not test_*.sh): it fails about one run in
-# two because of a heap-use-after-free inside libpaho-mqtt3as 1.3.12 when the
-# connection drops with publishes queued (a paho thread frees a publish
-# command that its send thread then retransmits: the broker receives a status
-# whose first 8 bytes are freed-memory garbage; ASan reports it in the
-# coordinator). Rename it to test_outage.sh once that is fixed or worked around.
-# Run it by hand: EC_BIN=build/bin EC_SRC=. bash tests/e2e/outage_broken.sh
+# This test found a heap-use-after-free inside libpaho-mqtt3as 1.3.12 (its
+# automatic reconnect carried queued publishes over to the new connection
+# while another paho thread freed them: subscribers got statuses whose first
+# 8 bytes were garbage). src/mqtt.c now uses one paho client per connection;
+# see docs/mqtt.md.
+#
 # mosquitto runs
 # with persistence; a persistent subscriber (clean session off, QoS 1)
 # collects task statuses and reconnects by itself. With status_events = all,
