@@ -496,8 +496,17 @@ static void flush_before_exit(struct daemon *d)
 				      .retain = true, .content_type = "application/json" };
 		if (mqtt_publish(d->mqtt, &p) == 0) {
 			mqtt_flush(d->mqtt);
-			for (int i = 0; i < 100 && mqtt_inflight(d->mqtt); i++)
-				usleep(10000);
+			/* in-flight counts drop only as the loop takes the reports */
+			uint64_t tags[64];
+			for (int i = 0; i < 100 && mqtt_inflight(d->mqtt); i++) {
+				struct mqtt_events ev;
+				mqtt_take_events(d->mqtt, &ev);
+				while (mqtt_take_delivered(d->mqtt, tags, 64) > 0 ||
+				       mqtt_take_failed(d->mqtt, tags, 64) > 0)
+					;
+				if (mqtt_inflight(d->mqtt))
+					usleep(10000);
+			}
 		}
 		free(off);
 	}
