@@ -70,7 +70,10 @@ struct mqttpkt_bin {
  * needed, EC_EMALFORMED when the remaining-length field is not a valid
  * variable byte integer (more than 4 bytes), EC_ETOO_LARGE when the packet
  * would be longer than max bytes in all (then *pkt_len is its length, so the
- * caller can say how large). *why is set on errors.
+ * caller can say how large). *why is set on errors. A remaining length in
+ * more bytes than it needs (0x80 0x00 for 0) is accepted, here and in every
+ * variable byte integer the decoder reads: the value is the same, and four
+ * bytes still bound it.
  */
 int mqttpkt_frame(const uint8_t *buf, size_t len, size_t max, size_t *pkt_len,
 		  const char **why);
@@ -111,8 +114,9 @@ struct mqttpkt_in {
  * wildcard, leftover bytes where none may be, a packet type a broker never
  * sends to a client: CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ) or EC_EPROTO
  * (well formed but not something we speak: QoS 3, a topic alias, an empty
- * topic, AUTH, PUBREC/PUBREL/PUBCOMP, UNSUBACK) with *why set. The views in
- * *out point into pkt.
+ * topic, AUTH, PUBREC/PUBREL/PUBCOMP, UNSUBACK) with *why set, or -EINVAL
+ * for a version other than 4 or 5 (the caller's mistake). The views in *out
+ * point into pkt; a PUBLISH payload's p is set even when it is empty.
  */
 int mqttpkt_decode(const uint8_t *pkt, size_t len, int version, struct mqttpkt_in *out,
 		   const char **why);
@@ -148,9 +152,12 @@ struct mqttpkt_pub {
 };
 
 /*
- * Encoders: append one packet to b. Return 0, -ENOMEM (b unchanged), or
+ * Encoders: append one packet to b. Return 0, -ENOMEM (b unchanged),
  * -EMSGSIZE (a string over 65,535 bytes, or a packet over
- * MQTTPKT_MAX_REMAINING; b unchanged). With version 4 the MQTT 5 fields
+ * MQTTPKT_MAX_REMAINING; b unchanged), or -EINVAL (b unchanged) for what
+ * the spec forbids a client to send: a version other than 4 or 5, packet
+ * id 0, an empty topic, will topic or filter, no filters, a QoS over 2, or
+ * in 3.1.1 a password without a username. With version 4 the MQTT 5 fields
  * are left out.
  */
 int mqttpkt_connect(struct mqttpkt_buf *b, const struct mqttpkt_connect *c);
@@ -168,7 +175,8 @@ int mqttpkt_pingreq(struct mqttpkt_buf *b);
 int mqttpkt_disconnect(struct mqttpkt_buf *b, int version, uint8_t reason);
 
 /* Size in bytes of the PUBLISH mqttpkt_publish would append (for checking
- * against the broker's Maximum Packet Size before queueing). */
+ * against the broker's Maximum Packet Size before queueing). Meaningful for
+ * a PUBLISH that mqttpkt_publish accepts; SIZE_MAX if it cannot be counted. */
 size_t mqttpkt_publish_size(int version, const struct mqttpkt_pub *p);
 
 #endif
