@@ -243,11 +243,11 @@ static void prepare(struct coord *c, struct prep *p)
 			return;
 		}
 		snprintf(p->source, sizeof p->source, "%s", src);
-		if (m->len > c->o.limits.max_message_bytes) {
+		if (m->oversize || m->len > c->o.limits.max_message_bytes) {
 			p->rc = EC_ETOO_LARGE;
 			snprintf(p->err.detail, sizeof p->err.detail,
-				 "message: %zu bytes, over the limit of %zu", m->len,
-				 c->o.limits.max_message_bytes);
+				 "message: %zu bytes, over the limit of %zu",
+				 m->oversize ? m->oversize : m->len, c->o.limits.max_message_bytes);
 			return;
 		}
 		p->rc = codec_decode_submission(m->payload, m->len, p->enc, &c->o.limits,

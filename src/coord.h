@@ -50,6 +50,8 @@ struct coord_msg {
 	const char *response_topic;     /* or NULL (always NULL under MQTT 3.1.1) */
 	const uint8_t *corr;            /* correlation data, or NULL */
 	size_t corr_len;
+	size_t oversize;                /* 0, or the real size of a payload too
+	                                   large to hold: payload is its start */
 	bool ack;                       /* out: set by coord_flush when committed */
 	void *user;                     /* the caller's handle */
 };

@@ -137,6 +137,7 @@ static void before_sleep(struct loop *l, void *arg)
 			.topic = m->topic, .payload = m->payload, .len = m->len,
 			.content_type = m->content_type, .response_topic = m->response_topic,
 			.corr = m->correlation, .corr_len = m->correlation_len, .user = m,
+			.oversize = m->oversize,
 		};
 	}
 	for (i = 0; i < d->npending; i++)
@@ -456,6 +457,7 @@ static int start_mqtt(struct daemon *d)
 		.cert_file = d->cfg.mqtt.cert_file,
 		.key_file = d->cfg.mqtt.key_file,
 		.keepalive_s = (int)d->cfg.mqtt.keepalive_s,
+		.max_message = (size_t)d->cfg.limits.max_message_bytes,
 		.subs = subs,
 		.n_subs = 3,
 		.will_topic = d->state_topic,
@@ -518,10 +520,6 @@ int main(int argc, char **argv)
 	bool check_only = false;
 	int ret = 1, rc;
 
-	/* paho resets a closed socket's variable to 0, and a late write would then
-	 * go to fd 0: make sure that is /dev/null, never a socket of ours. */
-	if (fcntl(STDIN_FILENO, F_GETFD) < 0)
-		(void)!open("/dev/null", O_RDWR);
 	if (load_config(&d, argc, argv, &check_only) < 0) {
 		config_fini(&d.cfg);
 		return 2;

@@ -1,39 +1,36 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * mqtt.h - the MQTT link: one persistent MQTT 5 session (3.1.1 fallback)
- * between the event loop and the broker, over paho MQTTAsync.
+ * between the event loop and the broker, on the loop's thread (mqtt.c speaks
+ * the protocol itself, with mqttpkt; TLS through tlsframe).
  *
- * Threads. paho runs its callbacks on its own threads; this module turns them
- * into queues that the loop drains. Every function below is called on the
- * loop thread only (one thread owns a struct mqtt), except mqtt_fd() which
- * is constant. Nothing here touches the store: the loop does.
+ * Threads: none. Every function below is called on the thread that owns the
+ * struct mqtt (the loop's).
  *
- * The loop adds mqtt_fd() (an eventfd, EPOLLIN) to its epoll set. When it is
- * readable, the loop calls, in this order:
- *   1. mqtt_take_events()     reads the eventfd, reports (re)connects/losses
- *                             (required on every wake-up: the module writes
- *                             the eventfd again only after this call)
+ * The loop adds mqtt_fd() (EPOLLIN; it is an epoll fd of the module's own,
+ * constant for its life) to its epoll set. When it is readable, the loop
+ * calls, in this order:
+ *   1. mqtt_take_events()     does the I/O and the timers: reads and
+ *                             parses, writes, connects, pings; reports
+ *                             (re)connects and losses
  *   2. mqtt_take_delivered()  tags whose PUBACK arrived -> delete outbox rows
  *      mqtt_take_failed()     tags that will not be acknowledged -> resend later
  *                             (take each until it returns 0)
  *   3. mqtt_take_inbound()    messages waiting for the loop; process them all
  *                             in one transaction, commit, then call
  *                             mqtt_inbound_done() for each.
- * and once per loop turn, after its last mqtt_publish() and before it sleeps:
- *   4. mqtt_flush()           hands the turn's publishes to paho at once.
+ * and once per loop turn, after its last mqtt_publish() and
+ * mqtt_inbound_done() and before it sleeps:
+ *   4. mqtt_flush()           writes the turn's publishes and PUBACKs.
  *
  * The ack rule (docs/mqtt.md). An inbound QoS 1 message is acknowledged to
- * the broker only after mqtt_inbound_done(msg, true). Until then the paho
- * thread that delivered it stays blocked, so the PUBACK is withheld; if the
- * process dies, the broker delivers the message again (persistent session).
- * mqtt_inbound_done(msg, false) refuses it for now: it is offered to the
- * loop again after a short delay, still unacknowledged. (paho's own
- * "return 0 from messageArrived" is NOT used for this: paho 1.3.12 sends
- * the PUBACK anyway and keeps the message only in memory.)
- * A consequence: one connection has at most one inbound message in flight,
- * and a loop that does not answer for longer than about 1.5 x keepalive gets
- * the connection dropped by the broker (it reconnects and the message comes
- * again with dup set; processing must be idempotent).
+ * the broker only after mqtt_inbound_done(msg, true), and only on the
+ * connection it came on; if the process dies or the connection drops first,
+ * the broker delivers it again (persistent session, DUP set): processing
+ * must be idempotent. mqtt_inbound_done(msg, false) refuses it for now: it
+ * is offered to the loop again after refuse_retry_ms, still unacknowledged.
+ * Up to 256 messages may be in flight to us at once (our MQTT 5 Receive
+ * Maximum), so one commit covers every message that arrived in a turn.
  */
 #ifndef EC_MQTT_H
 #define EC_MQTT_H
@@ -66,6 +63,10 @@ struct mqtt_opts {
 	size_t n_subs;
 	/* Will: published retained at QoS 1 by the broker if we vanish.
 	 * will_topic NULL = no will. */
+	/* Inbound payloads up to this many bytes are held whole; a larger
+	 * PUBLISH is delivered with oversize set and only its first bytes, the
+	 * rest discarded as it arrives. 0 = 1 MiB. */
+	size_t max_message;
 	const char *will_topic;
 	const void *will_payload;
 	size_t will_len;
@@ -93,6 +94,8 @@ struct mqtt_msg {
 	bool dup;        /* the broker says it may have been delivered before */
 	bool retained;
 	unsigned offers; /* 1 the first time the loop sees it, +1 per refusal */
+	size_t oversize; /* 0, or the payload's size when it was over
+	                    max_message: payload holds only its first len bytes */
 };
 
 /* What happened to the connection since the last mqtt_take_events(). */
@@ -118,24 +121,23 @@ struct mqtt_pub {
 	uint64_t tag;               /* the caller's id, reported back once */
 };
 
-/* Create the client and start connecting (in the background, retrying with
- * backoff reconnect_min_s..reconnect_max_s until it succeeds, and again
- * after every loss). *out is new: release with mqtt_close().
- * Errors: -EINVAL (bad options), EC_ECONFIG (paho refused them), -ENOMEM,
- * -errno of eventfd. */
+/* Create the client; it connects from the first mqtt_take_events() on,
+ * retrying with backoff reconnect_min_s..reconnect_max_s until it succeeds,
+ * and again after every loss. *out is new: release with mqtt_close().
+ * Errors: -EINVAL (bad options or URI), EC_ECONFIG (TLS files that do not
+ * load; logged), -ENOMEM, -errno of epoll or timerfd. */
 int mqtt_open(const struct mqtt_opts *opts, struct mqtt **out);
 
 /* Disconnect cleanly (no will), waiting up to timeout_ms for publishes in
- * flight, release every blocked delivery unacknowledged, then free. Messages
- * taken and not yet done are abandoned (the broker delivers them again);
- * the loop must not use them afterwards. Accepts NULL. */
+ * flight, then free. Messages taken and not yet done are abandoned without
+ * a PUBACK (the broker delivers them again); the loop must not use them
+ * afterwards. Accepts NULL. */
 void mqtt_close(struct mqtt *m, int timeout_ms);
 
-/* The eventfd to watch for EPOLLIN. Constant for the module's life. */
+/* The fd to watch for EPOLLIN (or POLLIN). Constant for the module's life. */
 int mqtt_fd(const struct mqtt *m);
 
-/* Flush unflushed publishes, read the eventfd and report connection
- * events. */
+/* Do the pending I/O and timers and report connection events. */
 void mqtt_take_events(struct mqtt *m, struct mqtt_events *ev);
 
 /* The messages waiting for the loop, oldest first, linked by ->next; NULL if
@@ -153,18 +155,15 @@ void mqtt_inbound_done(struct mqtt *m, struct mqtt_msg *msg, bool committed);
  * the broker, or the connection was lost first: resend it after the next
  * connect). Errors, tag not reported: -ENOTCONN (not connected: fails
  * fast), -EAGAIN (window full, see mqtt_can_publish()), -EINVAL, -EMSGSIZE,
- * -ENOMEM. An accepted publish waits in the loop's own list until
- * mqtt_flush() (no lock, no thread wake-up per message). */
+ * -ENOMEM. An accepted publish is encoded into the module's output buffer
+ * and written by the next mqtt_flush() (or mqtt_take_events()). */
 int mqtt_publish(struct mqtt *m, const struct mqtt_pub *pub);
 
-/* Hand every publish accepted since the last flush to the module's sender
- * thread: one lock and one wake-up for the whole batch. Call it once per
- * loop turn, after the turn's last mqtt_publish() and before the loop
- * sleeps. If the loop forgets, nothing is stuck: the first unflushed
- * publish of a turn also makes mqtt_fd() readable, and mqtt_take_events()
- * flushes; that costs the loop one extra turn (mqtt_flush() takes the
- * wake-up back when it finds nothing else for the loop). Cheap when there
- * is nothing to flush. */
+/* Write the publishes and PUBACKs queued since the last flush, as far as the
+ * socket takes them now (the rest when it is writable: mqtt_fd() wakes the
+ * loop). Call it once per loop turn, after the turn's last mqtt_publish()
+ * and mqtt_inbound_done() and before the loop sleeps: a forgotten flush
+ * waits for the next wake-up. Cheap when there is nothing to write. */
 void mqtt_flush(struct mqtt *m);
 
 /* True when connected and the publish window has room. The window is

@@ -30,6 +30,7 @@
 #include "tlsframe.h"
 
 /* A burst that grew the outbound buffer past this gives it back when sent. */
+#define SYSTEM_CA_DIR "/etc/ssl/certs"
 #define OUT_KEEP 16384
 
 struct tlsframe_conf {
@@ -75,12 +76,24 @@ int tlsframe_conf_new(enum tlsframe_role role, const char *pers, const char *ca_
 	const char *what = "random generator";
 	int rc = mbedtls_ctr_drbg_seed(&c->drbg, mbedtls_entropy_func, &c->entropy,
 				       (const unsigned char *)pers, strlen(pers));
-	if (rc == 0 && (rc = mbedtls_x509_crt_parse_file(&c->ca, ca_file)) != 0)
+	/* Without a CA file (the broker link only), the system's trust store;
+	 * mbedtls counts certificates it could not parse there as a positive
+	 * return, which is fine as long as some loaded. */
+	if (rc == 0 && ca_file && (rc = mbedtls_x509_crt_parse_file(&c->ca, ca_file)) != 0)
 		what = ca_file;
-	if (rc == 0 && (rc = mbedtls_x509_crt_parse_file(&c->cert, cert_file)) != 0)
+	if (rc == 0 && !ca_file) {
+		what = SYSTEM_CA_DIR;
+		rc = mbedtls_x509_crt_parse_path(&c->ca, SYSTEM_CA_DIR);
+		if (rc > 0 && c->ca.version != 0)
+			rc = 0;
+		else if (rc >= 0)
+			rc = MBEDTLS_ERR_X509_FILE_IO_ERROR;
+	}
+	if (rc == 0 && cert_file && (rc = mbedtls_x509_crt_parse_file(&c->cert, cert_file)) != 0)
 		what = cert_file;
-	if (rc == 0 && (rc = mbedtls_pk_parse_keyfile(&c->key, key_file, NULL)) != 0)
-		what = key_file;
+	if (rc == 0 && cert_file &&
+	    (rc = mbedtls_pk_parse_keyfile(&c->key, key_file ? key_file : cert_file, NULL)) != 0)
+		what = key_file ? key_file : cert_file;
 	if (rc == 0) {
 		what = "TLS configuration";
 		rc = mbedtls_ssl_config_defaults(&c->conf,
@@ -97,7 +110,8 @@ int tlsframe_conf_new(enum tlsframe_role role, const char *pers, const char *ca_
 		/* TLS 1.2: 2.28 has no 1.3 (LIBNOTES 4) */
 		mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
 					     MBEDTLS_SSL_MINOR_VERSION_3);
-		rc = mbedtls_ssl_conf_own_cert(&c->conf, &c->cert, &c->key);
+		if (cert_file)
+			rc = mbedtls_ssl_conf_own_cert(&c->conf, &c->cert, &c->key);
 		if (rc)
 			what = "certificate and key";
 	}
@@ -433,4 +447,23 @@ enum tlsframe_status tlsframe_read(struct tlsframe *t, uint32_t max_body, size_t
 		}
 		return TLSFRAME_FRAME;
 	}
+}
+
+enum tlsframe_status tlsframe_read_raw(struct tlsframe *t, uint8_t *buf, size_t cap, size_t *n)
+{
+	int rc = mbedtls_ssl_read(&t->ssl, buf, cap);
+	if (rc > 0) {
+		*n = (size_t)rc;
+		return TLSFRAME_OK;
+	}
+	if (rc == MBEDTLS_ERR_SSL_WANT_READ)
+		return TLSFRAME_WANT_READ;
+	if (rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+		return TLSFRAME_WANT_WRITE;
+	if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
+		return TLSFRAME_EOF;
+	if (rc == MBEDTLS_ERR_NET_CONN_RESET)
+		return TLSFRAME_RESET;
+	t->err = rc;
+	return TLSFRAME_ERROR;
 }

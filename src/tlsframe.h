@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * tlsframe.h - the agent link's transport, shared by both ends (link.c, the
- * coordinator; src/agent/agent.c, the agent library): mutual-TLS
+ * coordinator; src/agent/agent.c, the agent library), and the TLS under the
+ * MQTT link to the broker (mqtt.c, as a byte stream): mutual-TLS
  * configuration, one non-blocking TLS connection, and the framing of
  * docs/protocol.md over it (a 4-byte big-endian length, then a CBOR body
  * decoded with the one codec, proto.h).
@@ -61,7 +62,9 @@ struct tlsframe_in {
 /*
  * Seed a random generator (pers: a personalisation string), load the CA, our
  * certificate and key, and configure TLS 1.2 with the peer's certificate
- * required, for one role. Returns 0, -ENOMEM, or EC_ECONFIG with
+ * required, for one role. A client (the MQTT link to a broker) may pass no
+ * cert_file (no client certificate), no key_file (the key is in cert_file)
+ * and no ca_file (the system's trust store, /etc/ssl/certs). Returns 0, -ENOMEM, or EC_ECONFIG with
  * "what: mbedtls text" in err (a file that does not load, a key that does not
  * match). Files are read now and not kept.
  */
@@ -150,5 +153,13 @@ enum tlsframe_status tlsframe_flush(struct tlsframe *t);
  */
 enum tlsframe_status tlsframe_read(struct tlsframe *t, uint32_t max_body, size_t *budget,
 				   struct tlsframe_in *in);
+
+/*
+ * Stream use (the MQTT link): read up to cap decrypted bytes into buf. OK with
+ * *n > 0, WANT_READ (nothing more now: mbedtls holds nothing either),
+ * WANT_WRITE, EOF, RESET or ERROR. Call until it says WANT_READ: decrypted
+ * bytes can wait inside mbedtls where poll() does not see them (LIBNOTES 4).
+ */
+enum tlsframe_status tlsframe_read_raw(struct tlsframe *t, uint8_t *buf, size_t cap, size_t *n);
 
 #endif
