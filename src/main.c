@@ -31,6 +31,11 @@
 #include "store.h"
 
 #define SHUTDOWN_FLUSH_MS 3000
+/* Submission bytes one turn (one transaction) takes at most. LMDB keeps the
+ * dirty pages of its largest transaction for reuse, so this bounds resident
+ * memory as well as the turn's latency: 256 messages of 100 tasks in one
+ * transaction left 46 MiB of heap behind. */
+#define TURN_BYTES (128u << 10)
 
 struct daemon {
 	struct config cfg;
@@ -106,7 +111,7 @@ static void on_mqtt(struct loop *l, int fd, unsigned events, void *arg)
 	if (failed)
 		coord_resend_all(d->coord);
 
-	for (struct mqtt_msg *m = mqtt_take_inbound(d->mqtt), *next; m; m = next) {
+	for (struct mqtt_msg *m = mqtt_take_inbound(d->mqtt, TURN_BYTES), *next; m; m = next) {
 		next = m->next;
 		m->next = d->pending;
 		d->pending = m;

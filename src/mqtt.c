@@ -935,11 +935,21 @@ void mqtt_take_events(struct mqtt *m, struct mqtt_events *ev)
 	m->connects = m->losses = m->subacks = 0;
 }
 
-struct mqtt_msg *mqtt_take_inbound(struct mqtt *m)
+struct mqtt_msg *mqtt_take_inbound(struct mqtt *m, size_t budget)
 {
-	struct mqtt_msg *head = m->qhead;
-	m->qhead = NULL;
-	m->qtail = &m->qhead;
+	struct mqtt_msg *head = m->qhead, **pp = &m->qhead;
+	size_t bytes = 0;
+
+	while (*pp && (pp == &m->qhead || bytes + (*pp)->len <= budget)) {
+		bytes += (*pp)->len;
+		pp = &(*pp)->next;
+	}
+	m->qhead = *pp;
+	*pp = NULL;
+	if (m->qhead)
+		kick(m); /* the rest in the next turn */
+	else
+		m->qtail = &m->qhead;
 	return head;
 }
 

@@ -141,8 +141,10 @@ int mqtt_fd(const struct mqtt *m);
 void mqtt_take_events(struct mqtt *m, struct mqtt_events *ev);
 
 /* The messages waiting for the loop, oldest first, linked by ->next; NULL if
- * none. Each must be given back with mqtt_inbound_done(). */
-struct mqtt_msg *mqtt_take_inbound(struct mqtt *m);
+ * none: as many as fit in budget payload bytes, and at least one. The rest
+ * wait for the next wake-up, which comes at once. Each must be given back
+ * with mqtt_inbound_done(). */
+struct mqtt_msg *mqtt_take_inbound(struct mqtt *m, size_t budget);
 
 /* Give back a message from mqtt_take_inbound(). committed = true: it has been
  * durably processed; the broker gets its PUBACK now. false: not now; it is

@@ -728,7 +728,7 @@ static struct mqtt_msg *wait_reply(struct mqtt *m, int64_t until, bool *subscrib
 		mqtt_take_events(m, &ev);
 		if (ev.subacks)
 			*subscribed = true;
-		struct mqtt_msg *msg = mqtt_take_inbound(m);
+		struct mqtt_msg *msg = mqtt_take_inbound(m, SIZE_MAX);
 		if (msg)
 			return msg;
 		if (!want_reply && *subscribed)

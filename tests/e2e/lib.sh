@@ -189,6 +189,7 @@ start_mosquitto() {
 	{
 		echo "listener $MQTT_PORT 127.0.0.1"
 		echo "allow_anonymous true"
+		[ -n "${MOSQ_EXTRA:-}" ] && echo "$MOSQ_EXTRA"
 		# The default of 1000 drops messages to a slow persistent
 		# subscriber (LIBNOTES 7).
 		echo "max_queued_messages 100000"

@@ -326,7 +326,7 @@ static void pump_once(struct tctx *t, int ms)
 		n = mqtt_take_failed(t->m, t->failed + t->n_failed, 64 - t->n_failed);
 		t->n_failed += n;
 	}
-	list = mqtt_take_inbound(t->m);
+	list = mqtt_take_inbound(t->m, SIZE_MAX);
 	if (list && t->policy == P_COMMIT && t->syncfd >= 0) {
 		/* one "transaction" for the whole batch: group commit */
 		assert_int_equal(write(t->syncfd, "x", 1), 1);
