@@ -31,6 +31,7 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 {
 	echo "listener $PORT 127.0.0.1"
 	echo "allow_anonymous true"
+	echo "set_tcp_nodelay true" # docs/mqtt.md, broker settings
 	echo "max_queued_messages 1000000"
 	echo "max_inflight_messages 100"
 	echo "persistence false"
