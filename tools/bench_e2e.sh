@@ -12,6 +12,8 @@
 #   W2       W2_FLOWS (1000) workflows, each a chain of 5 echo steps
 #   W3       SIGKILL an agent 1 s into a 5 s task (heartbeat 1000 ms x 3):
 #            time from the kill until the task runs elsewhere
+# STATUS_EVENTS sets the coordinator's mqtt.status_events (which task states
+# publish a status: broker messages per task are the ceiling of W1 and W2).
 # For each, the coordinator's CPU time (utime+stime from /proc/PID/stat) and
 # VmRSS. Targets are reported, not asserted. BENCH_STRACE=1 adds a count of
 # the coordinator's system calls during W1. Run by tools/bench after a build.
@@ -31,13 +33,16 @@ LAT_SECS=${LAT_SECS:-5}
 TCK=$(getconf CLK_TCK)
 
 fleet_init 1000 3
-sed -i '/^status_events = all$/d' "$CONF" # the default, milestones
+# STATUS_EVENTS=final|all|milestones (default: the default, milestones)
+sed -i "s/^status_events = all$/status_events = ${STATUS_EVENTS:-milestones}/" "$CONF"
 start_mosquitto
 
 bench() { "$EC_BIN/bench-e2e" --broker "$MQTT_URI" "$@"; }
 val() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/status"; }
+# PSS: shared pages (libc, mbedtls) divided among the processes mapping them
+pss_kb() { sed -n 's/^Pss:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/smaps_rollup"; }
 met() { if awk "BEGIN{exit !($1)}"; then echo met; else echo MISSED; fi; }
 
 # run NAME ARGS...: one bench-e2e run with the coordinator's CPU and RSS.
@@ -54,7 +59,7 @@ run() {
 	printf '%-9s %s\n' "$name" "$LAST"
 }
 
-echo "== tools/bench e2e: $(nproc) cores, $(uname -r)"
+echo "== tools/bench e2e: $(nproc) cores, $(uname -r), mqtt.status_events=${STATUS_EVENTS:-milestones}"
 out=$(bench loopback 20000) || fail "loopback"
 ceiling=$(val rate "$out")
 printf '%-9s %s\n' ceiling "$out"
@@ -66,8 +71,9 @@ start_agent x1 --caps echo,sleep --slots 4
 wait_up x1
 sleep 2
 idle_kb=$(($(rss_kb "$COORD") + $(rss_kb "${BG_PIDS[x1]}")))
-printf '%-9s coord_rss_kb=%s agent_rss_kb=%s total_kb=%s\n' idle "$(rss_kb "$COORD")" \
-	"$(rss_kb "${BG_PIDS[x1]}")" "$idle_kb"
+idle_pss=$(($(pss_kb "$COORD") + $(pss_kb "${BG_PIDS[x1]}")))
+printf '%-9s coord_rss_kb=%s agent_rss_kb=%s total_kb=%s total_pss_kb=%s\n' idle \
+	"$(rss_kb "$COORD")" "$(rss_kb "${BG_PIDS[x1]}")" "$idle_kb" "$idle_pss"
 start_agent x2 --caps echo,sleep --slots 4
 wait_up x2
 
@@ -117,3 +123,4 @@ printf '  %-44s %8s  %s\n' "p50 submit->result at $half/s <= 2 ms" "$p50" "$(met
 printf '  %-44s %8s  %s\n' "p99 submit->result at $half/s <= 10 ms" "$p99" "$(met "$p99 <= 10")"
 printf '  %-44s %8s  %s\n' "W3 kill -> running elsewhere (ms) <= 3500" "$w3_ms" "$(met "$w3_ms <= 3500")"
 printf '  %-44s %8s  %s\n' "idle coordinator + agent RSS (kB) <= 5120" "$idle_kb" "$(met "$idle_kb <= 5120")"
+printf '  %-44s %8s  %s\n' "  the same as PSS (shared pages split)" "$idle_pss" "-"
