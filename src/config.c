@@ -99,7 +99,7 @@ static const struct keydef keys[] = {
 	  "Keep it well under the address space on 32-bit boards." },
 
 	{ "mqtt", "uri", CT_STR, OFF(mqtt.uri), 0, 0, "tcp://127.0.0.1:1883", NULL, NULL, check_uri,
-	  CF_NONEMPTY, "Broker URI: tcp://, ssl://, mqtt://, mqtts://, ws:// or wss:// HOST[:PORT]." },
+	  CF_NONEMPTY, "Broker URI: tcp://, ssl://, mqtt:// or mqtts:// HOST[:PORT] (IPv6: [ADDR]:PORT)." },
 	{ "mqtt", "client_id", CT_STR, OFF(mqtt.client_id), 0, 0, NULL, "edgecoord-NODE", NULL,
 	  check_client_id, 0, "MQTT client id, 1..256 characters without control characters." },
 	{ "mqtt", "topic_prefix", CT_STR, OFF(mqtt.topic_prefix), 0, 0, "edgecoord", NULL, NULL,
@@ -111,7 +111,7 @@ static const struct keydef keys[] = {
 	{ "mqtt", "password", CT_STR, OFF(mqtt.password), 0, 0, NULL, "none", NULL, NULL, 0,
 	  "Password sent to the broker; the effective-config dump masks it." },
 	{ "mqtt", "ca_file", CT_STR, OFF(mqtt.ca_file), 0, 0, NULL, "none", NULL, NULL, 0,
-	  "PEM CA bundle that verifies the broker (ssl://, mqtts://, wss://)." },
+	  "PEM CA bundle that verifies the broker (ssl://, mqtts://); none: /etc/ssl/certs." },
 	{ "mqtt", "cert_file", CT_STR, OFF(mqtt.cert_file), 0, 0, NULL, "none", NULL, NULL, 0,
 	  "PEM client certificate for the broker; needs key_file." },
 	{ "mqtt", "key_file", CT_STR, OFF(mqtt.key_file), 0, 0, NULL, "none", NULL, NULL, 0,
@@ -265,8 +265,8 @@ static int check_id(const char *v, char *err, size_t errlen)
 
 static int check_uri(const char *v, char *err, size_t errlen)
 {
-	static const char *const schemes[] = { "tcp://", "ssl://", "mqtt://", "mqtts://",
-					       "ws://", "wss://" };
+	/* MQTT over WebSockets is not spoken (mqtt.c) */
+	static const char *const schemes[] = { "tcp://", "ssl://", "mqtt://", "mqtts://" };
 	for (size_t i = 0; i < sizeof schemes / sizeof schemes[0]; i++) {
 		size_t n = strlen(schemes[i]);
 		if (strncmp(v, schemes[i], n) != 0)
@@ -283,8 +283,8 @@ static int check_uri(const char *v, char *err, size_t errlen)
 			}
 		return 0;
 	}
-	snprintf(err, errlen, "'%.200s' does not start with tcp://, ssl://, mqtt://, mqtts://, "
-		 "ws:// or wss://", v);
+	snprintf(err, errlen, "'%.200s' does not start with tcp://, ssl://, mqtt:// or mqtts://",
+		 v);
 	return EC_ECONFIG;
 }
 
@@ -1051,8 +1051,7 @@ int config_finish(struct config *c, struct config_errors *errs)
 #undef CROSS
 
 	bool tls_uri = strncmp(c->mqtt.uri, "ssl://", 6) == 0 ||
-		       strncmp(c->mqtt.uri, "mqtts://", 8) == 0 ||
-		       strncmp(c->mqtt.uri, "wss://", 6) == 0;
+		       strncmp(c->mqtt.uri, "mqtts://", 8) == 0;
 	if (!tls_uri && (c->mqtt.ca_file || c->mqtt.cert_file))
 		add_msg(errs, true, "%s: warning: [mqtt] TLS files are ignored with %s",
 			where(c, "mqtt", "uri", w, sizeof w), c->mqtt.uri);

@@ -153,8 +153,8 @@ static void before_sleep(struct loop *l, void *arg)
 		mqtt_inbound_done(d->mqtt, d->cmsgs[i].user, d->cmsgs[i].ack);
 	d->pending = NULL;
 	d->npending = 0;
-	/* Everything this turn published (outbox drain, statuses) goes to
-	 * the MQTT sender in one hand-off. */
+	/* Everything this turn published (outbox drain, statuses) and the
+	 * PUBACKs of what it committed leave in one write. */
 	if (d->mqtt)
 		mqtt_flush(d->mqtt);
 }

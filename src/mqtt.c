@@ -423,8 +423,9 @@ static void start_connect(struct mqtt *m)
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
 	int rc;
 
-	/* Blocking, once per attempt: brokers are named by address or in
-	 * /etc/hosts on a gateway; a slow DNS delays only the attempt. */
+	/* Blocking, on the loop's thread, once per attempt: brokers are named
+	 * by address or in /etc/hosts on a gateway (docs/mqtt.md). A slow DNS
+	 * stalls the loop for as long as it takes. */
 	if ((rc = getaddrinfo(m->host, m->port, &hints, &m->ai)) != 0) {
 		m->ai = NULL;
 		lost(m, gai_strerror(rc));

@@ -61,12 +61,12 @@ struct mqtt_opts {
 	 * during mqtt_open: copied). */
 	const char *const *subs;
 	size_t n_subs;
-	/* Will: published retained at QoS 1 by the broker if we vanish.
-	 * will_topic NULL = no will. */
 	/* Inbound payloads up to this many bytes are held whole; a larger
 	 * PUBLISH is delivered with oversize set and only its first bytes, the
 	 * rest discarded as it arrives. 0 = 1 MiB. */
 	size_t max_message;
+	/* Will: published retained at QoS 1 by the broker if we vanish.
+	 * will_topic NULL = no will. */
 	const char *will_topic;
 	const void *will_payload;
 	size_t will_len;

@@ -716,7 +716,7 @@ static int cmd_agents(struct ctl *c)
 
 #define CTL_TIMEOUT_MS 10000
 
-/* Wait on the MQTT module's eventfd until cond holds or the deadline passes. */
+/* Wait on the MQTT module's fd until cond holds or the deadline passes. */
 static struct mqtt_msg *wait_reply(struct mqtt *m, int64_t until, bool *subscribed,
 				   bool want_reply)
 {

@@ -2,11 +2,9 @@
 # SPDX-License-Identifier: MIT
 # test_outage.sh - store-and-forward across broker outages.
 #
-# This test found a heap-use-after-free inside libpaho-mqtt3as 1.3.12 (its
-# automatic reconnect carried queued publishes over to the new connection
-# while another paho thread freed them: subscribers got statuses whose first
-# 8 bytes were garbage). src/mqtt.c now uses one paho client per connection;
-# see docs/mqtt.md.
+# This test once found a heap-use-after-free inside libpaho-mqtt3as 1.3.12
+# (subscribers got statuses whose first 8 bytes were garbage), when the
+# coordinator still used paho; see docs/mqtt.md.
 #
 # mosquitto runs
 # with persistence; a persistent subscriber (clean session off, QoS 1)

@@ -612,14 +612,12 @@ static void test_broker_restart(void **state)
 	broker_fini(&b);
 }
 
-/* Broker outages with the publish window full. paho 1.3.12 with its
- * automatic reconnect freed a publish command while its send thread still
- * used it (heap-use-after-free; subscribers got a payload whose first bytes
- * were garbage). Publish to ourselves as fast as the window allows, kill the
- * broker several times mid-stream (with and without its saved session), and
- * check that every message that comes
- * back is intact and every tag is reported exactly once. Under ASan the
- * old code failed here with a use-after-free report. */
+/* Broker outages with the publish window full (this test caught a
+ * use-after-free in paho 1.3.12's automatic reconnect, which the module
+ * used before it spoke MQTT itself). Publish to ourselves as fast as the
+ * window allows, kill the broker several times mid-stream (with and without
+ * its saved session), and check that every message that comes back is
+ * intact and every tag is reported exactly once. */
 static void test_outage_with_window_full(void **state)
 {
 	enum { CYCLES = 5 };
@@ -658,7 +656,7 @@ static void test_outage_with_window_full(void **state)
 			mqtt_flush(m);
 			pump_once(&t, 1);
 		}
-		/* SIGTERM: mosquitto saves the session and paho finds it
+		/* SIGTERM: mosquitto saves the session and we find it
 		 * present on reconnect; SIGKILL: the session is gone. */
 		kill(b.pid, c % 2 ? SIGKILL : SIGTERM);
 		waitpid(b.pid, NULL, 0);
