@@ -8,6 +8,8 @@
 #    a QoS 1 mosquitto_sub -C SINGLE;
 #  - single: SINGLE one-task submissions (mosquitto_pub -q 1 -l);
 #  - batch: TASKS tasks in submissions of 100;
+#  - the same batches to a coordinator with mqtt.status_events = final,
+#    counted on MQTT 5 responses (one per submission) instead of statuses;
 #  - the coordinator's VmRSS once TASKS (+ SINGLE) tasks are stored.
 # "Accepted" is counted on a subscriber of P/tasks/+/status: the coordinator
 # publishes a task's `accepted` status only after the LMDB commit that
@@ -44,13 +46,13 @@ for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
 now() { date +%s.%N; }
 # Runs mosquitto_sub -C COUNT on TOPIC, publishes FILE (-l) to PUBTOPIC,
 # prints the seconds from the first publish to the COUNT-th message.
-timed() { # COUNT TOPIC PUBTOPIC FILE
+timed() { # COUNT TOPIC PUBTOPIC FILE [mosquitto_pub args]
 	local t0 t1
 	mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -C "$1" -t "$2" >/dev/null &
 	local sub=$!
 	sleep 0.5 # subscribed (mosquitto_sub has no ready signal; 0.5 s is ample on loopback)
 	t0=$(now)
-	mosquitto_pub -h 127.0.0.1 -p "$PORT" -q 1 -t "$3" -l <"$4"
+	mosquitto_pub -h 127.0.0.1 -p "$PORT" -q 1 -t "$3" -l "${@:5}" <"$4"
 	wait "$sub"
 	t1=$(now)
 	echo "$t1 - $t0" | bc -l
@@ -84,7 +86,23 @@ anon_kb=$(awk '/^RssAnon/ {print $2}' "/proc/$EC/status")
 file_kb=$(awk '/^RssFile/ {print $2}' "/proc/$EC/status")
 stored=$("$BIN/edgecoordctl" --data-dir "$W/data" --json tasks | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
 
-python3 - "$SINGLE" "$NB" "$ceil_s" "$single_s" "$batch_s" "$rss_kb" "$hwm_kb" "$stored" "$anon_kb" "$file_kb" <<'PY'
+# The same batches to a second coordinator with mqtt.status_events = final:
+# no status per accepted task, so acceptance is counted on the MQTT 5
+# response (one per submission, published after its commit).
+kill "$EC"
+wait "$EC" 2>/dev/null || true
+printf '[mqtt]\nstatus_events = final\n' >"$W/final.ini"
+"$BIN/edgecoord" -c "$W/final.ini" --broker "tcp://127.0.0.1:$PORT" --data-dir "$W/data2" \
+	--node-id bench2 --log-level warn >"$W/ec2.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+	mosquitto_sub -h 127.0.0.1 -p "$PORT" -C 1 -W 1 -t edgecoord/coordinator/bench2/state 2>/dev/null |
+		grep -q online && break
+done
+final_s=$(timed "$((NB / 100))" bench/responses edgecoord/submit/bench "$W/batch" \
+	-V mqttv5 -D publish response-topic bench/responses)
+
+python3 - "$SINGLE" "$NB" "$ceil_s" "$single_s" "$batch_s" "$rss_kb" "$hwm_kb" "$stored" "$anon_kb" "$file_kb" "$final_s" <<'PY'
 import sys
 single, nb = int(sys.argv[1]), int(sys.argv[2])
 ceil_s, single_s, batch_s = map(float, sys.argv[3:6])
@@ -98,6 +116,9 @@ print("%-44s %12s %12s %10s" % ("cell", "msgs/s", "tasks/s", "target"))
 print("%-44s %12.0f %12s %10s" % ("mosquitto ceiling (pub -l -> sub, QoS 1)", ceil, "-", "-"))
 print("%-44s %12.0f %12.0f %10s" % ("single-task messages (%d)" % single, s_msgs, s_msgs, "3000 " + ok(s_msgs, 3000)))
 print("%-44s %12.0f %12.0f %10s" % ("batches of 100 (%d tasks)" % nb, b_msgs, b_tasks, "50000 " + ok(b_tasks, 50000)))
+f_s = float(sys.argv[11])
+f_tasks = nb / f_s
+print("%-44s %12.0f %12.0f %10s" % ("  the same, status_events = final", (nb // 100) / f_s, f_tasks, "50000 " + ok(f_tasks, 50000)))
 print()
 print("single / ceiling: %.2f   batch tasks/s / single tasks/s: %.1f" % (s_msgs / ceil, b_tasks / s_msgs))
 print("coordinator VmRSS with %d tasks stored: %.1f MiB (peak VmHWM %.1f MiB); target <= 16 MiB: %s"
