@@ -842,6 +842,97 @@ static void *fake_broker(void *arg)
 	return NULL;
 }
 
+/* A broker that answers CONNACK and then nothing: the keep-alive must
+ * notice (PINGREQ unanswered) and reconnect. */
+struct mute {
+	int lfd;
+	int accepted;
+	volatile bool stop;
+};
+
+static void *mute_broker(void *arg)
+{
+	struct mute *f = arg;
+	uint8_t type, body[1024];
+	size_t len;
+	int c = -1;
+
+	while (!f->stop) {
+		struct pollfd p[2] = { { .fd = f->lfd, .events = POLLIN }, { .fd = c, .events = POLLIN } };
+		if (poll(p, c >= 0 ? 2 : 1, 100) <= 0)
+			continue;
+		if (p[0].revents & POLLIN) {
+			if (c >= 0)
+				close(c);
+			if ((c = accept(f->lfd, NULL, NULL)) < 0)
+				continue;
+			f->accepted++;
+			if (read_packet(c, &type, body, sizeof body, &len) == 0) {
+				static const uint8_t ok[] = { 0x20, 0x03, 0x00, 0x00, 0x00 };
+				(void)!write(c, ok, sizeof ok);
+			}
+		} else if (c >= 0 && read_packet(c, &type, body, sizeof body, &len) != 0) {
+			close(c); /* the client gave up on us */
+			c = -1;
+		}
+	}
+	if (c >= 0)
+		close(c);
+	return NULL;
+}
+
+static void test_keepalive(void **state)
+{
+	struct broker b;
+	struct tctx t;
+	struct mqtt_opts o;
+	struct mqtt *m = NULL;
+	char uri[64];
+	const char *subs[] = { "t/#" };
+
+	/* A live broker drops a client silent for 1.5 x keepalive: the
+	 * module's PINGREQs keep an idle connection up. */
+	broker_init(&b);
+	broker_start(&b);
+	opts_default(&o, uri, sizeof uri, b.port, "ec-test-ka", subs, 1);
+	o.keepalive_s = 1;
+	assert_int_equal(mqtt_open(&o, &m), 0);
+	tctx_init(&t, m);
+	PUMP_UNTIL(&t, 5000, t.connects == 1 && t.subacks == 1);
+	pump_for(&t, 4000);
+	assert_int_equal(t.losses, 0);
+	assert_int_equal(t.connects, 1);
+	tctx_close(&t, 200);
+	broker_fini(&b);
+
+	/* A broker that stops answering: the connection is given up after
+	 * an unanswered PINGREQ and made again. */
+	struct mute f = { 0 };
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t alen = sizeof a;
+	pthread_t th;
+
+	f.lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(bind(f.lfd, (struct sockaddr *)&a, sizeof a), 0);
+	assert_int_equal(getsockname(f.lfd, (struct sockaddr *)&a, &alen), 0);
+	assert_int_equal(listen(f.lfd, 4), 0);
+	assert_int_equal(pthread_create(&th, NULL, mute_broker, &f), 0);
+	opts_default(&o, uri, sizeof uri, ntohs(a.sin_port), "ec-test-mute", NULL, 0);
+	o.keepalive_s = 1;
+	assert_int_equal(mqtt_open(&o, &m), 0);
+	tctx_init(&t, m);
+	PUMP_UNTIL(&t, 5000, t.connects == 1);
+	long t0 = now_ms();
+	PUMP_UNTIL(&t, 5000, t.losses == 1);
+	/* ping after 0.75 s of silence, given up 1 s later */
+	assert_true(now_ms() - t0 < 2500);
+	PUMP_UNTIL(&t, 5000, t.connects == 2);
+	tctx_close(&t, 0);
+	f.stop = true;
+	pthread_join(th, NULL);
+	close(f.lfd);
+}
+
 static void test_fallback_to_311(void **state)
 {
 	struct fake f = { 0 };
@@ -950,6 +1041,7 @@ int main(void)
 		cmocka_unit_test(test_broker_restart),
 		cmocka_unit_test(test_outage_with_window_full),
 		cmocka_unit_test(test_will_and_online),
+		cmocka_unit_test(test_keepalive),
 		cmocka_unit_test(test_fallback_to_311),
 		cmocka_unit_test(test_throughput_reference),
 	};
