@@ -477,6 +477,54 @@ static void test_ack_only_after_commit(void **state)
 	broker_fini(&b);
 }
 
+/* The module holds at most 16 MiB of messages the loop has not answered:
+ * past that it stops reading the socket (TCP holds the rest) until the loop
+ * gives some back. 1.5 MiB payloads: the 11th crosses the limit. */
+static void test_held_bytes_throttle(void **state)
+{
+	enum { N = 14, SIZE = 3 << 19 };
+	struct broker b;
+	struct tctx t;
+	struct mqtt_opts o;
+	struct mqtt *m = NULL;
+	char uri[64], path[300], port[16];
+	const char *subs[] = { "big/#" };
+	FILE *f;
+
+	broker_init(&b);
+	broker_start(&b);
+	snprintf(path, sizeof path, "%s/big", b.dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	for (int i = 0; i < SIZE; i++)
+		fputc('x', f);
+	fclose(f);
+	opts_default(&o, uri, sizeof uri, b.port, "ec-test-held", subs, 1);
+	o.max_message = 2u << 20;
+	assert_int_equal(mqtt_open(&o, &m), 0);
+	tctx_init(&t, m);
+	PUMP_UNTIL(&t, 5000, t.subacks == 1);
+	t.policy = P_HOLD;
+	snprintf(port, sizeof port, "%d", b.port);
+	for (int i = 0; i < N; i++) {
+		char *argv[] = { "mosquitto_pub", "-p", port, "-q", "1", "-t", "big/x", "-f", path,
+				 NULL };
+		assert_int_equal(run(argv, NULL, NULL, 0), 0);
+	}
+	PUMP_UNTIL(&t, 10000, t.n_held == 11);
+	pump_for(&t, 1000);
+	assert_int_equal(t.n_held, 11); /* the rest waits in TCP */
+	/* Give them back: reading resumes and the rest arrives. */
+	t.policy = P_COMMIT;
+	for (size_t i = 0; i < t.n_held; i++)
+		mqtt_inbound_done(t.m, t.held[i], true);
+	t.n_held = 0;
+	PUMP_UNTIL(&t, 10000, t.n_committed == N - 11);
+	assert_int_equal(t.last.payload[0], 'x');
+	tctx_close(&t, 1000);
+	broker_fini(&b);
+}
+
 /* Backpressure: a refused message is offered again later, and the refusal
  * does not acknowledge it (a client that dies after refusing gets it from
  * the broker again). */
@@ -1041,6 +1089,7 @@ int main(void)
 		cmocka_unit_test(test_broker_restart),
 		cmocka_unit_test(test_outage_with_window_full),
 		cmocka_unit_test(test_will_and_online),
+		cmocka_unit_test(test_held_bytes_throttle),
 		cmocka_unit_test(test_keepalive),
 		cmocka_unit_test(test_fallback_to_311),
 		cmocka_unit_test(test_throughput_reference),
