@@ -387,6 +387,21 @@ enum tlsframe_status tlsframe_flush(struct tlsframe *t)
 
 /* ---- reading ------------------------------------------------------------------ */
 
+/* What an mbedtls_ssl_read() that returned rc <= 0 means. */
+static enum tlsframe_status read_status(struct tlsframe *t, int rc)
+{
+	if (rc == MBEDTLS_ERR_SSL_WANT_READ)
+		return TLSFRAME_WANT_READ;
+	if (rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+		return TLSFRAME_WANT_WRITE;
+	if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
+		return TLSFRAME_EOF;
+	if (rc == MBEDTLS_ERR_NET_CONN_RESET)
+		return TLSFRAME_RESET;
+	t->err = rc;
+	return TLSFRAME_ERROR;
+}
+
 enum tlsframe_status tlsframe_read(struct tlsframe *t, uint32_t max_body, size_t *budget,
 				   struct tlsframe_in *in)
 {
@@ -402,18 +417,8 @@ enum tlsframe_status tlsframe_read(struct tlsframe *t, uint32_t max_body, size_t
 			rc = mbedtls_ssl_read(&t->ssl, t->hdr + t->hdr_got, EC_FRAME_HDR - t->hdr_got);
 		else
 			rc = mbedtls_ssl_read(&t->ssl, t->body + t->body_got, t->body_len - t->body_got);
-		if (rc == MBEDTLS_ERR_SSL_WANT_READ)
-			return TLSFRAME_WANT_READ;
-		if (rc == MBEDTLS_ERR_SSL_WANT_WRITE)
-			return TLSFRAME_WANT_WRITE;
-		if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
-			return TLSFRAME_EOF;
-		if (rc == MBEDTLS_ERR_NET_CONN_RESET)
-			return TLSFRAME_RESET;
-		if (rc < 0) {
-			t->err = rc;
-			return TLSFRAME_ERROR;
-		}
+		if (rc <= 0)
+			return read_status(t, rc);
 		if (budget)
 			*budget = (size_t)rc >= *budget ? 0 : *budget - (size_t)rc;
 		if (t->hdr_got < EC_FRAME_HDR) {
@@ -452,18 +457,8 @@ enum tlsframe_status tlsframe_read(struct tlsframe *t, uint32_t max_body, size_t
 enum tlsframe_status tlsframe_read_raw(struct tlsframe *t, uint8_t *buf, size_t cap, size_t *n)
 {
 	int rc = mbedtls_ssl_read(&t->ssl, buf, cap);
-	if (rc > 0) {
-		*n = (size_t)rc;
-		return TLSFRAME_OK;
-	}
-	if (rc == MBEDTLS_ERR_SSL_WANT_READ)
-		return TLSFRAME_WANT_READ;
-	if (rc == MBEDTLS_ERR_SSL_WANT_WRITE)
-		return TLSFRAME_WANT_WRITE;
-	if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
-		return TLSFRAME_EOF;
-	if (rc == MBEDTLS_ERR_NET_CONN_RESET)
-		return TLSFRAME_RESET;
-	t->err = rc;
-	return TLSFRAME_ERROR;
+	if (rc <= 0)
+		return read_status(t, rc);
+	*n = (size_t)rc;
+	return TLSFRAME_OK;
 }
