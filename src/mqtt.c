@@ -692,59 +692,21 @@ static bool on_packet(struct mqtt *m, const uint8_t *pkt, size_t len)
 
 /*
  * A PUBLISH larger than we hold in memory (a hostile or mistaken 10 MB
- * submission): read its topic, packet id and properties from the prefix p
- * of `have` bytes, keep SNIFF bytes of payload (enough to tell JSON from
- * CBOR), deliver that with oversize set so the loop can refuse it as
- * too_large, and discard the rest as it arrives. false: malformed.
+ * submission): deliver its topic and id, and SNIFF bytes of payload (enough
+ * to tell JSON from CBOR) when the prefix shows them, with oversize set so
+ * the loop can refuse it as too_large; the rest is discarded as it arrives.
+ * false: malformed.
  */
 static bool on_oversize(struct mqtt *m, const uint8_t *p, size_t have)
 {
-	size_t i = 1, mult = 1, rem = 0, hl;
-	do {
-		if (i > 4 || i >= have)
-			return false;
-		rem += (p[i] & 127u) * mult;
-		mult *= 128;
-	} while (p[i++] & 128);
-	hl = i;
-	struct mqttpkt_in in = { .type = MQTTPKT_PUBLISH, .qos = (p[0] >> 1) & 3,
-				 .dup = p[0] & 8, .retain = p[0] & 1 };
-	if (in.qos > 1 || have < i + 2)
+	struct mqttpkt_in in;
+	size_t size;
+
+	if (mqttpkt_decode_head(p, have, ver(m), &in, &size, NULL) != 0 || in.qos > 1)
 		return false;
-	in.topic.n = (size_t)p[i] << 8 | p[i + 1];
-	i += 2;
-	in.topic.p = (const char *)p + i;
-	if (in.topic.n == 0 || have < i + in.topic.n || memchr(in.topic.p, 0, in.topic.n))
-		return false;
-	i += in.topic.n;
-	if (in.qos) {
-		if (have < i + 2 || !(in.id = (uint16_t)(p[i] << 8 | p[i + 1])))
-			return false;
-		i += 2;
-	}
-	/* Properties are skipped: none matters for a refusal, and a prefix
-	 * may not hold them all. When they fit, the payload's first bytes
-	 * follow. */
-	size_t plen = 0;
-	bool fits = !m->v5;
-	if (m->v5) {
-		size_t j = i;
-		mult = 1;
-		while (j < have && j < i + 4) {
-			plen += (p[j] & 127u) * mult;
-			mult *= 128;
-			if (!(p[j++] & 128)) {
-				fits = j + plen <= have;
-				i = j + plen;
-				break;
-			}
-		}
-	}
-	if (fits) {
-		in.payload.p = p + i;
-		in.payload.n = have - i < SNIFF ? have - i : SNIFF;
-	}
-	struct inbound *n = inbound_new(&in, (fits ? hl + rem - i : rem));
+	if (in.payload.n > SNIFF)
+		in.payload.n = SNIFF;
+	struct inbound *n = inbound_new(&in, size);
 	if (!n)
 		return false;
 	queue_inbound(m, n);

@@ -401,8 +401,10 @@ static int dec_connack(struct rd *r, unsigned hdr_flags, int version, struct mqt
 	return rc ? rc : rd_end(r, connack_rule.left_over) ? 0 : EC_EMALFORMED;
 }
 
-static int dec_publish(struct rd *r, unsigned flags, int version, struct mqttpkt_in *in)
+/* Flags, topic and packet id: what even an oversize PUBLISH must show. */
+static int dec_publish_head(struct rd *r, unsigned flags, struct mqttpkt_in *in)
 {
+	in->type = MQTTPKT_PUBLISH;
 	in->dup = flags & 8;
 	in->qos = (uint8_t)(flags >> 1 & 3);
 	in->retain = flags & 1;
@@ -421,7 +423,15 @@ static int dec_publish(struct rd *r, unsigned flags, int version, struct mqttpkt
 	if (in->qos > 0 && !rd_id(r, &in->id, "PUBLISH: packet id runs past the packet end",
 				  "PUBLISH: packet id 0"))
 		return EC_EMALFORMED;
-	int rc = version == MQTTPKT_V5 ? rd_props(r, &publish_rule, in) : 0;
+	return 0;
+}
+
+static int dec_publish(struct rd *r, unsigned flags, int version, struct mqttpkt_in *in)
+{
+	int rc = dec_publish_head(r, flags, in);
+	if (rc)
+		return rc;
+	rc = version == MQTTPKT_V5 ? rd_props(r, &publish_rule, in) : 0;
 	/* p stays non-NULL for an empty payload: it is present, only empty. */
 	in->payload.p = r->p;
 	in->payload.n = rd_left(r);
@@ -551,6 +561,52 @@ int mqttpkt_decode(const uint8_t *pkt, size_t len, int version, struct mqttpkt_i
 	}
 	*out = in;
 	return 0;
+}
+
+int mqttpkt_decode_head(const uint8_t *pre, size_t have, int version, struct mqttpkt_in *out,
+			size_t *payload_size, const char **why)
+{
+	struct mqttpkt_in in = {0};
+	if (version != MQTTPKT_V311 && version != MQTTPKT_V5) {
+		set_why(why, "MQTT version is neither 4 nor 5");
+		return -EINVAL;
+	}
+	if (have == 0) {
+		set_why(why, "packet is empty");
+		return EC_EMALFORMED;
+	}
+	struct rd r = {pre, pre + have, NULL};
+	uint32_t first, rem, plen;
+	int rc = EC_EMALFORMED;
+	if (!rd_uint(&r, 1, &first, "packet is empty") ||
+	    !rd_vbi(&r, &rem, "remaining length runs past the prefix"))
+		goto out;
+	if (first >> 4 != MQTTPKT_PUBLISH) {
+		rc = refuse(&r, EC_EPROTO, "not a PUBLISH");
+		goto out;
+	}
+	const uint8_t *end = r.p + rem; /* the announced end, maybe past the prefix */
+	if (rem < rd_left(&r))
+		r.end = end;
+	if ((rc = dec_publish_head(&r, first & 0x0f, &in)) != 0)
+		goto out;
+	/* The property block, and the payload's start behind it, only when the
+	 * prefix holds the whole block. */
+	struct rd probe = r;
+	bool props_held = version == MQTTPKT_V311 ||
+			  (rd_vbi(&probe, &plen, "") && plen <= rd_left(&probe));
+	if (props_held) {
+		if (version == MQTTPKT_V5 && (rc = rd_props(&r, &publish_rule, &in)) != 0)
+			goto out;
+		in.payload.p = r.p;
+		in.payload.n = rd_left(&r);
+	}
+	*payload_size = (size_t)(end - r.p);
+	*out = in;
+	return 0;
+out:
+	set_why(why, r.why);
+	return rc;
 }
 
 /* ---- encoders ---------------------------------------------------------- */

@@ -121,6 +121,18 @@ struct mqttpkt_in {
 int mqttpkt_decode(const uint8_t *pkt, size_t len, int version, struct mqttpkt_in *out,
 		   const char **why);
 
+/*
+ * The start pre[0..have) of a PUBLISH too large to hold whole (mqttpkt_frame
+ * said EC_ETOO_LARGE): decode its flags, topic and packet id, and, when the
+ * prefix holds its whole property block, the properties and the payload's
+ * first bytes (else those stay absent). *payload_size is the size of what
+ * follows the last field decoded, up to the announced end: the payload's
+ * size when the properties were read. Errors as mqttpkt_decode; a type other
+ * than PUBLISH is EC_EPROTO.
+ */
+int mqttpkt_decode_head(const uint8_t *pre, size_t have, int version, struct mqttpkt_in *out,
+			size_t *payload_size, const char **why);
+
 /* CONNECT. Strings are NUL-terminated and borrowed for the call. */
 struct mqttpkt_connect {
 	int version;                 /* 5 or 4 */

@@ -88,10 +88,31 @@ static void republish(const struct mqttpkt_in *in, int version)
 	free((char *)p.response_topic);
 }
 
+/* Any bytes as the prefix of an oversize PUBLISH: a clean answer, views
+ * inside the input, and a payload size that fits the announced length. */
+static void decode_head(const uint8_t *pkt, size_t len, int version)
+{
+	struct mqttpkt_in in;
+	const char *why = NULL;
+	size_t size = 0;
+	int rc = mqttpkt_decode_head(pkt, len, version, &in, &size, &why);
+	if (rc != 0) {
+		CHECK(rc == EC_EMALFORMED || rc == EC_EPROTO);
+		CHECK(why != NULL);
+		return;
+	}
+	CHECK(in.type == MQTTPKT_PUBLISH && size <= MQTTPKT_MAX_REMAINING);
+	inside(in.topic.p, in.topic.n, pkt, len);
+	inside(in.payload.p, in.payload.n, pkt, len);
+	inside(in.content_type.p, in.content_type.n, pkt, len);
+	CHECK(in.payload.n <= size);
+}
+
 static void decode(const uint8_t *pkt, size_t len, int version)
 {
 	struct mqttpkt_in in;
 	const char *why = NULL;
+	decode_head(pkt, len, version);
 	int rc = mqttpkt_decode(pkt, len, version, &in, &why);
 	if (rc != 0) {
 		CHECK(rc == EC_EMALFORMED || rc == EC_EPROTO);

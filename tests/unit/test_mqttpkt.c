@@ -247,6 +247,44 @@ static void test_publish_round_trip(void **state)
 	}
 }
 
+/* The start of a PUBLISH too large to hold: topic, id and, when the prefix
+ * holds them, properties and the payload's first bytes. */
+static void test_decode_head(void **state)
+{
+	static uint8_t big[200000];
+	memset(big, '{', sizeof(big));
+	struct mqttpkt_pub p = {.topic = "ec/submit/s", .payload = big, .len = sizeof(big),
+				.content_type = "application/json", .response_topic = "r/1"};
+	struct mqttpkt_buf b = {0};
+	struct mqttpkt_in in;
+	const char *why = NULL;
+	size_t size = 0;
+
+	assert_int_equal(mqttpkt_publish(&b, MQTTPKT_V5, &p, 9, false), 0);
+	assert_int_equal(mqttpkt_decode_head(b.p, 4096, MQTTPKT_V5, &in, &size, &why), 0);
+	assert_int_equal(in.type, MQTTPKT_PUBLISH);
+	assert_int_equal(in.qos, 1);
+	assert_int_equal(in.id, 9);
+	assert_memory_equal(in.topic.p, "ec/submit/s", in.topic.n);
+	assert_int_equal(in.content_type.n, strlen("application/json"));
+	assert_memory_equal(in.response_topic.p, "r/1", 3);
+	assert_int_equal(size, sizeof(big));
+	assert_true(in.payload.n > 0 && in.payload.p[0] == '{');
+	/* A prefix that ends inside the property block: no properties, no payload. */
+	assert_int_equal(mqttpkt_decode_head(b.p, 24, MQTTPKT_V5, &in, &size, &why), 0);
+	assert_memory_equal(in.topic.p, "ec/submit/s", in.topic.n);
+	assert_null(in.content_type.p);
+	assert_null(in.payload.p);
+	assert_true(size > sizeof(big));
+	/* Not a PUBLISH; a prefix that ends inside the topic. */
+	static const uint8_t suback[] = {0x90, 0x04, 0x00, 0x01, 0x00, 0x01};
+	assert_int_equal(mqttpkt_decode_head(suback, sizeof(suback), MQTTPKT_V5, &in, &size, &why),
+			 EC_EPROTO);
+	assert_int_equal(mqttpkt_decode_head(b.p, 8, MQTTPKT_V5, &in, &size, &why), EC_EMALFORMED);
+	assert_non_null(why);
+	mqttpkt_buf_fini(&b);
+}
+
 static void test_publish_too_large(void **state)
 {
 	struct mqttpkt_buf b = {0};
@@ -627,6 +665,7 @@ int main(void)
 		cmocka_unit_test(test_small_packet_bytes),
 		cmocka_unit_test(test_publish_bytes),
 		cmocka_unit_test(test_publish_round_trip),
+		cmocka_unit_test(test_decode_head),
 		cmocka_unit_test(test_publish_too_large),
 		cmocka_unit_test(test_connack),
 		cmocka_unit_test(test_suback_puback_disconnect),
