@@ -65,6 +65,7 @@ struct link {
 	struct agent *agents;
 	uint64_t last_tick, next_hb;
 	uint32_t granularity;
+	bool corked;                   /* link_cork(): frames wait for link_uncork() */
 	struct link_stats st;
 };
 
@@ -206,8 +207,24 @@ static int send_frame(struct link *l, struct session *s, const struct ec_frame *
 	if (rc)
 		return rc;
 	l->st.frames_out++;
-	flush_out(l, s);
+	if (!l->corked)
+		flush_out(l, s);
 	return 0;
+}
+
+void link_cork(struct link *l)
+{
+	l->corked = true;
+}
+
+void link_uncork(struct link *l)
+{
+	l->corked = false;
+	for (struct session *s = l->sessions, *next; s; s = next) {
+		next = s->next; /* a failed flush moves s to l->dead */
+		if (s->state != S_DEAD && tlsframe_unsent(s->tf) > 0)
+			flush_out(l, s);
+	}
 }
 
 /* Tell the peer why, then close. */

@@ -99,6 +99,11 @@ int link_send_cancel(struct link *l, const char *agent, uint64_t lease, const ch
 int link_send_drain(struct link *l, const char *agent);
 /* Answer a result: accepted, or discarded (its lease was not current). */
 int link_send_ack(struct link *l, const char *agent, uint64_t lease, bool accepted);
+/* Between link_cork() and link_uncork() the link_send_*() calls only queue;
+ * link_uncork() writes each session's frames at once (one TLS record and
+ * one send instead of one per frame). */
+void link_cork(struct link *l);
+void link_uncork(struct link *l);
 /* Send an error frame (if live), close the session, forget the agent. */
 int link_close_agent(struct link *l, const char *agent, const char *reason);
 

@@ -64,6 +64,7 @@ struct ec_agent {
 	enum astate state;
 	int fd;
 	unsigned events;
+	bool reading;          /* in do_read(): frames are flushed after it */
 	uint64_t now, next_connect, conn_start, last_rx, next_hb;
 	uint32_t failures;
 	uint32_t hb_ms, hb_misses, max_frame;
@@ -186,11 +187,19 @@ static int queue(struct ec_agent *a, const uint8_t *p, size_t n)
 	return tlsframe_queue(a->tf, p, n, out_cap(a));
 }
 
+/* Inside do_read() the handlers' frames wait for the end of the read, so
+ * that a batch of work answered at once leaves in one TLS record. */
+static void flush_soon(struct ec_agent *a)
+{
+	if (!a->reading)
+		flush_out(a);
+}
+
 static int send_frame(struct ec_agent *a, const struct ec_frame *f)
 {
 	int rc = tlsframe_queue_frame(a->tf, f, a->max_frame, out_cap(a));
 	if (rc == 0)
-		flush_out(a);
+		flush_soon(a);
 	return rc;
 }
 
@@ -470,7 +479,11 @@ int ec_agent_step(struct ec_agent *a, uint64_t now)
 	if (a->state == A_HELLO || a->state == A_READY) {
 		if (tlsframe_unsent(a->tf) > 0)
 			flush_out(a);
+		a->reading = true;
 		do_read(a);
+		a->reading = false;
+		if ((a->state == A_HELLO || a->state == A_READY) && tlsframe_unsent(a->tf) > 0)
+			flush_out(a);
 	}
 	if (a->state == A_READY) {
 		if (now - a->last_rx >= (uint64_t)a->hb_ms * (a->hb_misses + 1)) {
@@ -575,7 +588,7 @@ static int finish(struct ec_agent *a, struct ec_frame *f)
 		return rc;
 	j->done = true;
 	if (a->state == A_READY && queue(a, j->frame, j->frame_len) == 0)
-		flush_out(a);
+		flush_soon(a);
 	return 0;
 }
 
