@@ -77,7 +77,8 @@ struct fev {                            /* a link event waiting for a turn */
 	size_t nleases;
 };
 
-struct outframe {                       /* a frame to send after the commit */
+struct outframe {                       /* a frame to send after the commit
+                                           (work: before it, send_work_early) */
 	int type;                       /* EC_F_WORK, EC_F_ACK, EC_F_CANCEL, EC_F_DRAIN */
 	char agent[TASK_ID_MAX + 1];
 	uint64_t lease;
@@ -89,6 +90,7 @@ struct outframe {                       /* a frame to send after the commit */
 	uint8_t *payload, *inputs;
 	size_t payload_len, inputs_len;
 	uint64_t timeout_ms;
+	bool sent;                      /* work: sent before the commit */
 };
 
 #define VEC(T) struct { T *v; size_t n, cap; }
@@ -886,6 +888,43 @@ static int apply_health(struct fleet *f, struct store_txn *t)
 
 /* ---- coord hooks -------------------------------------------------------------------------------- */
 
+static void send_frames(struct fleet *f, bool work_only);
+
+/*
+ * Work goes out before the commit: the agent runs it while the store syncs,
+ * which takes the commit off the path from one task's result to the next
+ * task on that slot. This is safe because only a committed result counts:
+ * - should the transaction not commit (an error, or a rerun after the map
+ *   grew), recall_early() cancels those leases on their agents and raises
+ *   the store's lease floor, so that no lease is ever handed out twice;
+ * - should the daemon die first, the tasks are still ready in the store and
+ *   run again (at least once, as after any crash), and store_open() skips
+ *   STORE_LEASE_GAP leases, so the leases sent are unknown after the restart:
+ *   the agent's hello lists them and they are cancelled, a late result is
+ *   acknowledged and discarded.
+ * Everything else this turn causes (acks, cancels, MQTT) waits for the
+ * commit as before.
+ */
+static void send_work_early(struct fleet *f)
+{
+	send_frames(f, true);
+}
+
+static void recall_early(struct fleet *f)
+{
+	uint64_t top = 0;
+	for (size_t i = 0; i < f->out.n; i++) {
+		struct outframe *o = &f->out.v[i];
+		if (o->type != EC_F_WORK || !o->sent)
+			continue;
+		link_send_cancel(f->link, o->agent, o->lease, "dispatch not committed");
+		if (o->lease > top)
+			top = o->lease;
+	}
+	if (top)
+		store_lease_floor(f->st, top);
+}
+
 static bool hook_pending(void *arg)
 {
 	struct fleet *f = arg;
@@ -900,6 +939,7 @@ static bool hook_pending(void *arg)
 static void hook_begin(void *arg)
 {
 	struct fleet *f = arg;
+	recall_early(f); /* a rerun: the last try's work did not commit */
 	turn_reset(f);
 	f->now_real = loop_realtime_ms();
 	f->now_mono = loop_now_ms();
@@ -921,6 +961,8 @@ static int hook_apply(struct store_txn *t, int64_t now_ms, void *arg)
 		rc = store_timers_due(t, f->now_real, on_timer, f);
 	if (rc == 0)
 		rc = apply_dispatch(f, t);
+	if (rc == 0)
+		send_work_early(f);
 	if (rc == 0)
 		rc = apply_health(f, t);
 	if (rc == 0) {
@@ -992,11 +1034,17 @@ static int hook_control(struct store_txn *t, const char *verb, const char *agent
 	return on ? send_later(f, EC_F_DRAIN, agent, 0, NULL) : 0;
 }
 
-static void send_frames(struct fleet *f)
+static void send_frames(struct fleet *f, bool work_only)
 {
+	if (!f->out.n)
+		return;
+	link_cork(f->link);
 	for (size_t i = 0; i < f->out.n; i++) {
 		struct outframe *o = &f->out.v[i];
 		int rc = 0;
+		if (o->sent || (work_only && o->type != EC_F_WORK))
+			continue;
+		o->sent = true;
 		switch (o->type) {
 		case EC_F_WORK: {
 			struct ec_frame w;
@@ -1032,6 +1080,7 @@ static void send_frames(struct fleet *f)
 			log_debug("frame %s to %s not sent: %s", ec_frame_type_name(o->type),
 				  o->agent, ec_strerror(rc));
 	}
+	link_uncork(f->link);
 }
 
 static void hook_committed(int rc, void *arg)
@@ -1039,6 +1088,7 @@ static void hook_committed(int rc, void *arg)
 	struct fleet *f = arg;
 
 	if (rc < 0) {
+		recall_early(f);
 		/* Undo the picks: those tasks are still ready in the store. */
 		for (int i = 0; i < f->npicks; i++) {
 			const struct sched_decision *d = &f->picks[i];
@@ -1075,7 +1125,7 @@ static void hook_committed(int rc, void *arg)
 			sched_task_finished(f->sc, d->agent, d->type, SCHED_OUT_ABORT, 0,
 					    f->now_mono);
 	}
-	send_frames(f);
+	send_frames(f, false);
 	f->deadline_ended += f->turn_deadline_ended;
 	f->deadline_met += f->turn_deadline_met;
 	if (f->npicks)

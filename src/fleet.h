@@ -6,7 +6,8 @@
  *
  * What it owns: the registry of known agents (capabilities, labels, slots,
  * state, figures) and their health messages; dispatch (sched_pick -> ready ->
- * dispatched with a new lease -> `work` frame after the commit); results with
+ * dispatched with a new lease -> `work` frame, sent before the commit; see
+ * send_work_early() in fleet.c); results with
  * fencing (a result whose lease is not the task's current one is acked as
  * discarded); failure policy (retry_wait with backoff, or dead); the timers
  * (retry due, attempt timeout, deadline); lost agents (their tasks back to
@@ -14,8 +15,8 @@
  * (running tasks get one liveness period for their agent to come back).
  *
  * Frames and link events are queued when they arrive and applied in the next
- * turn's transaction; frames to agents (work, ack, cancel) are sent only
- * after that transaction committed. Loop thread only.
+ * turn's transaction; the other frames to agents (ack, cancel, drain) are
+ * sent only after that transaction committed. Loop thread only.
  */
 #ifndef EC_FLEET_H
 #define EC_FLEET_H

@@ -68,6 +68,7 @@ struct store {
 	MDB_dbi dbi[DB__COUNT];
 	bool read_only;
 	size_t map_size, max_map_size;
+	uint64_t lease_floor;     /* store_lease_floor() */
 	store_observer_fn obs;
 	void *obs_arg;
 };
@@ -864,6 +865,23 @@ static int check_schema(struct store *s, MDB_txn *txn, bool create)
 	return 0;
 }
 
+/* Leases the last run may have sent before their dispatch committed are
+ * never handed out again (fleet.c, send_work_early). */
+static int skip_leases(struct store_txn *t, void *arg)
+{
+	struct meta *m;
+	int rc = meta_get(t, &m);
+	if (rc == 0)
+		m->lease += STORE_LEASE_GAP;
+	return rc;
+}
+
+void store_lease_floor(struct store *s, uint64_t lease)
+{
+	if (lease > s->lease_floor)
+		s->lease_floor = lease;
+}
+
 int store_open(const struct store_opts *o, struct store **out)
 {
 	struct store *s = calloc(1, sizeof *s);
@@ -916,6 +934,8 @@ int store_open(const struct store_opts *o, struct store **out)
 		rc = EC_ESTORE;
 		goto fail;
 	}
+	if (!o->read_only && (rc = store_write(s, skip_leases, NULL)) < 0)
+		goto fail;
 	*out = s;
 	return 0;
 fail:
@@ -1289,6 +1309,8 @@ static int apply(struct store_txn *t, struct trec *x, enum task_state to,
 	switch (to) {
 	case TS_DISPATCHED:
 		r->attempt++;
+		if (m->lease < t->s->lease_floor)
+			m->lease = t->s->lease_floor;
 		r->lease = ++m->lease;
 		snprintf(r->agent, sizeof r->agent, "%s", tr && tr->agent ? tr->agent : "");
 		/* fall through */

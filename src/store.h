@@ -54,6 +54,13 @@ struct store_opts {
 int store_open(const struct store_opts *o, struct store **out);
 void store_close(struct store *s);
 
+/* Dispatch hands out leases from a counter in the store. Opening for writing
+ * skips STORE_LEASE_GAP of them, and store_lease_floor() makes the next ones
+ * greater than `lease`: a lease sent to an agent in a transaction that never
+ * committed (the daemon died, or the commit failed) is not used again. */
+#define STORE_LEASE_GAP (UINT64_C(1) << 20)
+void store_lease_floor(struct store *s, uint64_t lease);
+
 typedef int (*store_txn_fn)(struct store_txn *t, void *arg);
 
 /* Run fn in one durable write transaction (see the file comment). Returns 0,

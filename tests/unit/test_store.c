@@ -305,6 +305,52 @@ static void test_leases_attempts(void **state)
 	assert_int_equal(tu_check(f->s), 0);
 }
 
+/* A dispatch that is aborted, or lost with the process, may already have been
+ * sent (fleet.c sends work before the commit): its lease is never reused. */
+static int dispatch_then_fail(struct store_txn *t, void *arg)
+{
+	struct transition d = { .to = TS_DISPATCHED, .now_ms = tu_now_ms(), .agent = "ag1" };
+	int rc = store_transition(t, "b", &d, arg);
+	return rc ? rc : EC_ESTORE; /* as if the commit had failed */
+}
+
+static void test_leases_never_reused(void **state)
+{
+	struct fx *f = *state;
+	uint64_t l1 = 0, lost = 0, l2 = 0, l3 = 0, l4 = 0;
+	add_task(f->s, "a", NULL);
+	add_task(f->s, "b", NULL);
+	add_task(f->s, "c", NULL);
+	assert_int_equal(tu_move(f->s, "a", TS_DISPATCHED, 0, &l1), 0);
+
+	/* Aborted: the counter is not advanced in the store ... */
+	assert_int_equal(store_write(f->s, dispatch_then_fail, &lost), EC_ESTORE);
+	assert_true(lost == l1 + 1);
+	assert_int_equal(tu_state(f->s, "b"), TS_READY);
+	/* ... so without a floor the same number would come again. */
+	store_lease_floor(f->s, lost);
+	store_lease_floor(f->s, 1); /* a lower floor changes nothing */
+	assert_int_equal(tu_move(f->s, "b", TS_DISPATCHED, 0, &l2), 0);
+	assert_true(l2 == lost + 1);
+
+	/* Dispatched but not committed when the process died: a reopen skips
+	 * a whole gap past the last committed lease. */
+	store_close(f->s);
+	f->s = open_at(f->dir, 8 << 20, 256 << 20, false);
+	assert_int_equal(tu_move(f->s, "c", TS_DISPATCHED, 0, &l3), 0);
+	assert_true(l3 == l2 + STORE_LEASE_GAP + 1);
+	/* A read-only open (edgecoordctl) moves nothing. */
+	struct store *ro = open_at(f->dir, 8 << 20, 256 << 20, true);
+	store_close(ro);
+	assert_int_equal(tu_move(f->s, "b", TS_RUNNING, l2, NULL), 0);
+	assert_int_equal(tu_move(f->s, "b", TS_FAILED, l2, NULL), 0);
+	assert_int_equal(tu_move(f->s, "b", TS_RETRY_WAIT, 0, NULL), 0);
+	assert_int_equal(tu_move(f->s, "b", TS_READY, 0, NULL), 0);
+	assert_int_equal(tu_move(f->s, "b", TS_DISPATCHED, 0, &l4), 0);
+	assert_true(l4 == l3 + 1);
+	assert_int_equal(tu_check(f->s), 0);
+}
+
 /* --- submissions ----------------------------------------------------------- */
 
 static void test_submit_idempotency(void **state)
@@ -1518,6 +1564,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_observer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_leases_never_reused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agents, setup, teardown),
 		cmocka_unit_test(test_map_growth),
 		cmocka_unit_test(test_store_full),
