@@ -171,7 +171,10 @@ static bool get_duration(const struct cnode *n, bool zero_ok, int64_t *ms)
 	if (!get_number(n, &s) || !isfinite(s) || s < 0 || (s == 0 && !zero_ok) ||
 	    s > DURATION_MAX_S)
 		return false;
-	*ms = (int64_t)ceil(s * 1000.0);
+	double x = s * 1000.0;
+	*ms = (int64_t)x; /* truncation; DURATION_MAX_S keeps it in range */
+	if ((double)*ms < x)
+		++*ms;
 	return true;
 }
 
