@@ -97,6 +97,10 @@ static const struct keydef keys[] = {
 	  "4096", NULL, NULL, NULL, 0,
 	  "Largest LMDB map in MiB; beyond it submissions are refused with store_full. "
 	  "Keep it well under the address space on 32-bit boards." },
+	{ "coordinator", "keep_final_s", CT_INT, OFF(coordinator.keep_final_s), 0, 4294967295LL,
+	  "604800", NULL, NULL, NULL, 0,
+	  "Seconds a finished task (or a whole finished workflow) stays in the store, then it is "
+	  "deleted with its history and result, and its id may be used again; 0 = keep forever." },
 
 	{ "mqtt", "uri", CT_STR, OFF(mqtt.uri), 0, 0, "tcp://127.0.0.1:1883", NULL, NULL, check_uri,
 	  CF_NONEMPTY, "Broker URI: tcp://, ssl://, mqtt:// or mqtts:// HOST[:PORT] (IPv6: [ADDR]:PORT)." },

@@ -70,6 +70,7 @@ struct config {
 		char *data_dir;
 		int64_t map_size_bytes;
 		int64_t max_map_size_bytes;
+		int64_t keep_final_s;   /* 0 = final tasks are kept forever */
 	} coordinator;
 	struct {
 		char *uri;

@@ -24,6 +24,12 @@ enum prep_kind { P_IGNORE = 0, P_SUBMIT, P_CONTROL };
  * their own once this many wait or the oldest has waited this long. */
 #define DONE_BATCH 1024
 #define DONE_DELAY_MS 250
+/* Retention (keep_final_ms): each turn that prunes looks at this many tasks;
+ * a pass over the store goes on every PRUNE_STEP_MS and starts again
+ * PRUNE_PERIOD_MS (or keep_final_ms, if shorter) after it ended. */
+#define PRUNE_BUDGET 512
+#define PRUNE_STEP_MS 20
+#define PRUNE_PERIOD_MS 60000
 
 struct prep {
 	struct coord_msg *m;
@@ -53,6 +59,8 @@ struct coord {
 	int64_t now_ms;                 /* timestamp for the rows of this flush */
 	char (*touched)[TASK_ID_MAX + 1]; /* workflows whose status to publish */
 	size_t ntouched, captouched;
+	int64_t next_prune;             /* when to call store_prune() again */
+	uint64_t pruned;                /* tasks deleted in this pass over the store */
 };
 
 /* ---- outbox rows ----------------------------------------------------------- */
@@ -404,6 +412,9 @@ struct flush_ctx {
 	struct prep *preps;
 	size_t n;
 	bool backpressure;
+	bool prune;                     /* in: this turn prunes */
+	unsigned pruned;                /* out: tasks it deleted */
+	bool wrapped;                   /* out: its pass over the store ended */
 };
 
 static int flush_txn(struct store_txn *t, void *arg)
@@ -435,6 +446,9 @@ static int flush_txn(struct store_txn *t, void *arg)
 			return rc;
 	}
 	rc = workflow_rows(c, t);
+	if (rc == 0 && f->prune)
+		rc = store_prune(t, c->now_ms - c->o.keep_final_ms, PRUNE_BUDGET, &f->pruned,
+				 &f->wrapped);
 	if (rc < 0)
 		return rc;
 	return store_outbox_count(t, &c->outbox_len);
@@ -546,7 +560,27 @@ void coord_resend_all(struct coord *c)
 
 int64_t coord_next_due(const struct coord *c)
 {
-	return c->ndone ? (c->done_since ? c->done_since : 0) + DONE_DELAY_MS : -1;
+	int64_t due = c->ndone ? (c->done_since ? c->done_since : 0) + DONE_DELAY_MS : -1;
+	if (c->o.keep_final_ms && (due < 0 || c->next_prune < due))
+		due = c->next_prune;
+	return due;
+}
+
+/* After a turn that pruned: when the next one is due, and a log line per
+ * pass that deleted anything. */
+static void pruned(struct coord *c, const struct flush_ctx *f)
+{
+	c->pruned += f->pruned;
+	if (!f->wrapped) {
+		c->next_prune = c->now_ms + PRUNE_STEP_MS;
+		return;
+	}
+	if (c->pruned)
+		log_info("PRUNE deleted %llu task(s) that ended over %lld s ago",
+			 (unsigned long long)c->pruned, (long long)(c->o.keep_final_ms / 1000));
+	c->pruned = 0;
+	c->next_prune = c->now_ms + (c->o.keep_final_ms < PRUNE_PERIOD_MS ? c->o.keep_final_ms
+									   : PRUNE_PERIOD_MS);
 }
 
 uint64_t coord_outbox_len(struct coord *c)
@@ -571,7 +605,8 @@ int coord_flush(struct coord *c, int64_t now_ms)
 		c->done_since = now_ms;
 	bool deletes_due = c->ndone >= DONE_BATCH ||
 			   (c->ndone && now_ms - c->done_since >= DONE_DELAY_MS);
-	if (c->nin == 0 && !deletes_due && !hook_work) {
+	f.prune = c->o.keep_final_ms && now_ms >= c->next_prune;
+	if (c->nin == 0 && !deletes_due && !hook_work && !f.prune) {
 		drain(c);
 		return 0;
 	}
@@ -598,6 +633,8 @@ int coord_flush(struct coord *c, int64_t now_ms)
 			f.preps[i].m->ack = !(f.preps[i].kind == P_SUBMIT && f.backpressure);
 		c->ndone = 0;
 		c->done_since = 0;
+		if (f.prune)
+			pruned(c, &f);
 	} else {
 		log_warnx("STORE-WRITE failed, %zu messages wait for redelivery: %s", f.n,
 			  ec_strerror(rc));

@@ -38,6 +38,7 @@ struct coord_opts {
 	int status_events;              /* enum config_status_events (config.h) */
 	uint32_t max_pending;           /* per source, 0 = unlimited */
 	uint64_t outbox_max;            /* ingest stops acknowledging past this */
+	int64_t keep_final_ms;          /* store_prune() what ended this long ago; 0 = never */
 	struct limits limits;
 };
 

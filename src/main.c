@@ -560,6 +560,7 @@ int main(int argc, char **argv)
 		.status_events = d.cfg.mqtt.status_events,
 		.max_pending = (uint32_t)d.cfg.scheduler.max_pending_per_source,
 		.outbox_max = (uint64_t)d.cfg.mqtt.outbox_max,
+		.keep_final_ms = d.cfg.coordinator.keep_final_s * 1000,
 	};
 	config_limits(&d.cfg, &co.limits);
 	struct coord_io io = { .publish = io_publish, .can_publish = io_can_publish, .arg = &d };

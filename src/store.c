@@ -69,6 +69,8 @@ struct store {
 	bool read_only;
 	size_t map_size, max_map_size;
 	uint64_t lease_floor;     /* store_lease_floor() */
+	char prune_at[TASK_FULLID_MAX + 2]; /* store_prune() goes on from this key */
+	size_t prune_len;
 	store_observer_fn obs;
 	void *obs_arg;
 };
@@ -2113,6 +2115,158 @@ int store_submit(struct store_txn *t, const struct submission *sub, const char *
 /* ------------------------------------------------------------------------ */
 /* Reads */
 
+/* ---- retention ----------------------------------------------------------------- */
+
+/* Every row of a final task (see store_prune); its dependents are gone or go
+ * with it. */
+static int task_drop(struct store_txn *t, const struct trec *x)
+{
+	const char *id = x->r.spec.id;
+	size_t idl = strlen(id);
+	uint8_t k[TASK_FULLID_MAX + 5];
+	struct meta *m;
+	int rc;
+	if ((rc = meta_get(t, &m)) < 0 || /* only now: a scan that deletes nothing writes nothing */
+	    (rc = db_del(t, DB_TASKS, id, idl)) < 0 ||
+	    (rc = db_del(t, DB_STATE, k, state_key(k, x->r.state, id))) < 0 ||
+	    (rc = db_del(t, DB_RESULTS, id, idl)) < 0 ||
+	    (rc = db_del(t, DB_RDEPS, id, idl)) < 0)
+		return rc;
+	uint32_t n = x->hist_next > STORE_HISTORY_MAX ? x->hist_next - STORE_HISTORY_MAX : 0;
+	for (; n < x->hist_next; n++)
+		if ((rc = db_del(t, DB_HISTORY, k, hist_key(k, id, n))) < 0)
+			return rc;
+	if (x->dead_seq) {
+		be64(k, x->dead_seq);
+		if ((rc = db_del(t, DB_DEAD, k, 8)) < 0)
+			return rc;
+	}
+	for (uint32_t i = 0; i < x->r.spec.ndeps; i++) {
+		const char *dep = x->r.spec.deps[i];
+		MDB_val ek = mv(dep, strlen(dep)), ev = mv(id, idl);
+		int mrc = mdb_del(t->txn, t->s->dbi[DB_RDEPS], &ek, &ev);
+		if (mrc && mrc != MDB_NOTFOUND)
+			return xl(t, mrc);
+	}
+	if (m->counts[x->r.state])
+		m->counts[x->r.state]--;
+	return 0;
+}
+
+static bool wf_final(const struct workflow_rec *wf)
+{
+	for (int s = 0; s < TS__COUNT; s++)
+		if (wf->counts[s] && !task_state_final((enum task_state)s))
+			return false;
+	return true;
+}
+
+/* A workflow and its steps, if it ended before cutoff and nothing outside
+ * it depends on a step. */
+static int prune_workflow(struct store_txn *t, const char *wfid,
+			  int64_t cutoff, unsigned *removed)
+{
+	struct workflow_rec wf;
+	int rc = wf_load(t, wfid, &wf);
+	if (rc == EC_ENOTFOUND)
+		return 0;
+	if (rc < 0)
+		return rc;
+	bool old = wf.updated_ms < cutoff && wf_final(&wf);
+	workflow_rec_fini(&wf);
+	if (!old)
+		return 0;
+	struct idlist steps = { 0 };
+	size_t pl = strlen(wfid);
+	bool outside = false;
+	rc = step_ids(t, wfid, &steps);
+	for (size_t i = 0; rc == 0 && i < steps.n && !outside; i++) {
+		char **dep = NULL;
+		size_t nd = 0;
+		rc = rdeps_of(t, steps.v[i], &dep, &nd);
+		for (size_t j = 0; j < nd; j++) {
+			outside |= strncmp(dep[j], wfid, pl) != 0 || dep[j][pl] != ':';
+			free(dep[j]);
+		}
+		free(dep);
+	}
+	for (size_t i = 0; rc == 0 && !outside && i < steps.n; i++) {
+		struct trec x;
+		if ((rc = task_load(t, steps.v[i], &x)) == 0) {
+			rc = task_drop(t, &x);
+			trec_fini(&x);
+		}
+	}
+	if (rc == 0 && !outside) {
+		rc = db_del(t, DB_WORKFLOWS, wfid, pl);
+		*removed += (unsigned)steps.n;
+	}
+	idlist_fini(&steps);
+	return rc;
+}
+
+int store_prune(struct store_txn *t, int64_t cutoff_ms, unsigned budget, unsigned *removed,
+		bool *wrapped)
+{
+	struct store *s = t->s;
+	int rc = 0;
+	*removed = 0;
+	*wrapped = false;
+	for (unsigned looked = 0; rc == 0 && looked < budget; looked++) {
+		/* No cursor is held across the deletes: find the next id afresh. */
+		MDB_cursor *c;
+		MDB_val k = mv(s->prune_at, s->prune_len), v;
+		char id[TASK_FULLID_MAX + 1];
+		if ((rc = xl(t, mdb_cursor_open(t->txn, s->dbi[DB_TASKS], &c))) < 0)
+			break;
+		int mrc = k.mv_size ? mdb_cursor_get(c, &k, &v, MDB_SET_RANGE)
+				    : mdb_cursor_get(c, &k, &v, MDB_FIRST);
+		if (mrc == 0 && k.mv_size < sizeof id) {
+			memcpy(id, k.mv_data, k.mv_size);
+			id[k.mv_size] = 0;
+		}
+		mdb_cursor_close(c);
+		if (mrc == MDB_NOTFOUND) {
+			s->prune_len = 0;
+			*wrapped = true;
+			break;
+		}
+		if (mrc)
+			return xl(t, mrc);
+		if (k.mv_size >= sizeof id)
+			return EC_ESTORE;
+		char *colon = strchr(id, ':');
+		if (colon) {
+			/* a step: the workflow goes as a whole; next, what sorts
+			 * after all its steps (';' follows ':') */
+			*colon = 0;
+			rc = prune_workflow(t, id, cutoff_ms, removed);
+			s->prune_len = (size_t)snprintf(s->prune_at, sizeof s->prune_at, "%s;", id);
+			continue;
+		}
+		/* a plain task; next, the key right after it: id + "\0" */
+		size_t idl = strlen(id);
+		memcpy(s->prune_at, id, idl + 1);
+		s->prune_len = idl + 1;
+		struct trec x;
+		if ((rc = task_load(t, id, &x)) < 0)
+			break;
+		MDB_val dv;
+		int drc = db_get(t, DB_RDEPS, id, idl, &dv);
+		if (drc < 0 && drc != EC_ENOTFOUND) {
+			trec_fini(&x);
+			return drc;
+		}
+		if (task_state_final(x.r.state) && x.r.updated_ms < cutoff_ms && drc != 0) {
+			rc = task_drop(t, &x);
+			if (rc == 0)
+				++*removed;
+		}
+		trec_fini(&x);
+	}
+	return rc;
+}
+
 int store_task_get(struct store_txn *t, const char *id, struct task_rec *out)
 {
 	struct trec x;
@@ -2540,7 +2694,7 @@ struct check {
 	char *why;
 	size_t why_len;
 	uint64_t counts[TS__COUNT];
-	uint64_t edges, timers, ready, dead;
+	uint64_t edges, timers, ready, dead, results, history;
 	struct { char name[STORE_SOURCE_MAX + 1]; uint64_t n; } *src;
 	size_t nsrc, capsrc;
 };
@@ -2697,6 +2851,8 @@ static int check_task(struct store_txn *t, const MDB_val *kv, const MDB_val *vv,
 		rc = bad(k, "final task %s has no result row%s", id, "");
 		goto out;
 	}
+	k->results += st == TS_SUCCEEDED || st == TS_DEAD;
+	k->history += x.hist_next < STORE_HISTORY_MAX ? x.hist_next : STORE_HISTORY_MAX;
 	if (r->spec.workflow && !has_key(t, DB_WORKFLOWS, r->spec.workflow,
 					  strlen(r->spec.workflow), NULL)) {
 		rc = bad(k, "step %s: workflow %s missing", id, r->spec.workflow);
@@ -2817,6 +2973,18 @@ int store_check(struct store_txn *t, char *why, size_t why_len)
 		goto out;
 	if (n != k.dead) {
 		rc = bad(&k, "dead letters for tasks that are not dead%s%s", "", "");
+		goto out;
+	}
+	if ((rc = count_entries(t, DB_RESULTS, &n)) < 0)
+		goto out;
+	if (n != k.results) {
+		rc = bad(&k, "result rows of tasks that are gone or not final%s%s", "", "");
+		goto out;
+	}
+	if ((rc = count_entries(t, DB_HISTORY, &n)) < 0)
+		goto out;
+	if (n != k.history) {
+		rc = bad(&k, "history rows of tasks that are gone%s%s", "", "");
 		goto out;
 	}
 	if ((rc = scan_prefix(t, DB_WORKFLOWS, NULL, 0, check_wf_cb, &k)) < 0)

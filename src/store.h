@@ -231,6 +231,18 @@ int store_state_counts(struct store_txn *t, uint64_t counts[TS__COUNT]);
 /* Accepted and not yet final tasks of a source. */
 int store_pending_count(struct store_txn *t, const char *source, uint64_t *out);
 
+/* --- Retention ---------------------------------------------------------------- */
+
+/* Delete what ended before cutoff_ms (coordinator.keep_final_s): a final task
+ * that no task depends on any more, and a final workflow with all its steps
+ * (unless a task outside it depends on a step). Each row of the task goes:
+ * record, index entry, history, result, dead letter, its dependency edges.
+ * Looks at no more than `budget` tasks, from where the last call stopped;
+ * *removed counts the tasks deleted, *wrapped says that the scan reached the
+ * end and starts again from the first task next time. */
+int store_prune(struct store_txn *t, int64_t cutoff_ms, unsigned budget, unsigned *removed,
+		bool *wrapped);
+
 /* --- Timers ---------------------------------------------------------------- */
 
 enum timer_kind { TIMER_RETRY = 1, TIMER_TIMEOUT = 2, TIMER_DEADLINE = 3 };

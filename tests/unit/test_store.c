@@ -1370,6 +1370,102 @@ static void test_agents(void **state)
 	assert_string_equal(seen, "a-agent:45;b-agent:9;");
 }
 
+/* --- retention ------------------------------------------------------------- */
+
+struct prune_arg {
+	int64_t cutoff;
+	unsigned budget, removed;
+	bool wrapped;
+};
+
+static int prune_fn(struct store_txn *t, void *arg)
+{
+	struct prune_arg *a = arg;
+	return store_prune(t, a->cutoff, a->budget, &a->removed, &a->wrapped);
+}
+
+/* One full pass over the tasks; returns how many were deleted. */
+static unsigned prune_all(struct store *s, int64_t cutoff, unsigned budget)
+{
+	unsigned total = 0;
+	for (int calls = 0; calls < 100; calls++) {
+		struct prune_arg a = { cutoff, budget, 0, false };
+		assert_int_equal(store_write(s, prune_fn, &a), 0);
+		total += a.removed;
+		if (a.wrapped)
+			return total;
+	}
+	fail_msg("store_prune never wrapped around");
+	return total;
+}
+
+static void test_prune(void **state)
+{
+	struct fx *f = *state;
+	const char *const on_up[] = { "up", NULL };
+	struct submission sub;
+
+	add_task(f->s, "a", NULL);          /* succeeded: goes */
+	finish(f->s, "a", (const uint8_t *)"\x01", 1);
+	add_task(f->s, "b", NULL);          /* ready: stays */
+	add_task(f->s, "d", NULL);          /* dead: goes with its dead letter */
+	kill_task(f->s, "d");
+	add_task(f->s, "up", NULL);         /* succeeded, but "down" depends on it */
+	finish(f->s, "up", NULL, 0);
+	add_task(f->s, "down", on_up);
+	tu_sub_chain(&sub, "p", 3, true);   /* a finished workflow: goes whole */
+	submit_ok(f->s, &sub);
+	finish(f->s, "p:s0", NULL, 0);
+	finish(f->s, "p:s1", NULL, 0);
+	finish(f->s, "p:s2", NULL, 0);
+	tu_sub_chain(&sub, "q", 2, true);   /* half done: stays whole */
+	submit_ok(f->s, &sub);
+	finish(f->s, "q:s0", NULL, 0);
+	tu_sub_chain(&sub, "r", 2, true);   /* finished, but "x" depends on r:s1 */
+	submit_ok(f->s, &sub);
+	finish(f->s, "r:s0", NULL, 0);
+	finish(f->s, "r:s1", NULL, 0);
+	const char *const on_r[] = { "r:s1", NULL };
+	add_task(f->s, "x", on_r);
+	assert_int_equal(tu_check(f->s), 0);
+
+	int64_t now = tu_now_ms();
+	/* Nothing ended before an hour ago. */
+	assert_int_equal(prune_all(f->s, now - 3600 * 1000, 1000), 0);
+	/* Everything old enough: a, d, p:s0..2; a budget of 1 still gets round. */
+	assert_int_equal(prune_all(f->s, now + 1000, 1), 5);
+	assert_int_equal(tu_check(f->s), 0);
+	assert_int_equal(tu_state(f->s, "a"), -1);
+	assert_int_equal(tu_state(f->s, "d"), -1);
+	assert_int_equal(tu_state(f->s, "p:s1"), -1);
+	struct workflow_rec w = { .id = "p" };
+	assert_int_equal(store_read(f->s, wf_get_fn, &w), EC_ENOTFOUND);
+	assert_int_equal(tu_state(f->s, "b"), TS_READY);
+	assert_int_equal(tu_state(f->s, "up"), TS_SUCCEEDED);
+	assert_int_equal(tu_state(f->s, "q:s0"), TS_SUCCEEDED);
+	assert_int_equal(tu_state(f->s, "r:s1"), TS_SUCCEEDED);
+	uint64_t c[TS__COUNT];
+	assert_int_equal(store_read(f->s, counts_fn, c), 0);
+	assert_int_equal(c[TS_DEAD], 0);
+
+	/* Once its dependent is done, "up" goes in the same pass ("down" sorts
+	 * first); r goes in the pass after "x" (which sorts after it). */
+	finish(f->s, "down", NULL, 0);
+	finish(f->s, "x", NULL, 0);
+	assert_int_equal(prune_all(f->s, tu_now_ms() + 1000, 1000), 3);
+	assert_int_equal(tu_state(f->s, "up"), -1);
+	assert_int_equal(tu_state(f->s, "r:s0"), TS_SUCCEEDED);
+	assert_int_equal(tu_check(f->s), 0);
+	assert_int_equal(prune_all(f->s, tu_now_ms() + 1000, 1000), 2);
+	assert_int_equal(tu_state(f->s, "r:s0"), -1);
+	assert_int_equal(tu_check(f->s), 0);
+
+	/* A pruned id is free again: a new task, not a duplicate. */
+	add_task(f->s, "a", NULL);
+	assert_int_equal(tu_state(f->s, "a"), TS_READY);
+	assert_int_equal(tu_check(f->s), 0);
+}
+
 static void test_reopen(void **state)
 {
 	struct fx *f = *state;
@@ -1565,6 +1661,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_reads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_leases_never_reused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_prune, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agents, setup, teardown),
 		cmocka_unit_test(test_map_growth),
 		cmocka_unit_test(test_store_full),
