@@ -11,7 +11,8 @@
 #include "agentrec.h"
 #include "edgecoord/err.h"
 
-#define AGENTREC_VERSION 2
+#define AGENTREC_VERSION 3 /* 3 = 2 + a flags byte at the end */
+#define AGENTREC_DRAINED 0x01
 
 static uint8_t *put_le(uint8_t *p, uint64_t v, int n)
 {
@@ -49,6 +50,7 @@ size_t agentrec_encode(const struct agentrec *r, uint8_t *buf)
 	*p++ = (uint8_t)nd;
 	for (uint32_t i = 0; i < nd; i++)
 		p = put_le(p, r->dur[i], 4);
+	*p++ = r->drained ? AGENTREC_DRAINED : 0;
 	return (size_t)(p - buf);
 }
 
@@ -58,8 +60,9 @@ int agentrec_decode(const uint8_t *b, size_t len, struct agentrec *out)
 	const uint8_t *p = b, *end = b + len;
 
 	memset(&r, 0, sizeof r);
-	if (len < 2 || p[0] != AGENTREC_VERSION || p[1] > AGENTREC_STATE_MAX)
+	if (len < 2 || (p[0] != AGENTREC_VERSION && p[0] != 2) || p[1] > AGENTREC_STATE_MAX)
 		return EC_EMALFORMED;
+	size_t flags = p[0] == AGENTREC_VERSION; /* bytes of flags at the end */
 	size_t sl = p[1];
 	p += 2;
 	if ((size_t)(end - p) < sl + 4 + 8 + 8 + 8 + 2)
@@ -77,10 +80,16 @@ int agentrec_decode(const uint8_t *b, size_t len, struct agentrec *out)
 	memcpy(r.caps, p, cl);
 	p += cl;
 	r.ndur = *p++;
-	if (r.ndur > AGENTREC_DUR_MAX || (size_t)(end - p) != 4 * (size_t)r.ndur)
+	if (r.ndur > AGENTREC_DUR_MAX || (size_t)(end - p) != 4 * (size_t)r.ndur + flags)
 		return EC_EMALFORMED;
 	for (uint32_t i = 0; i < r.ndur; i++)
 		r.dur[i] = (uint32_t)get_le(p + 4 * i, 4);
+	if (flags) {
+		uint8_t fl = p[4 * r.ndur];
+		if (fl & ~AGENTREC_DRAINED)
+			return EC_EMALFORMED;
+		r.drained = fl & AGENTREC_DRAINED;
+	}
 	*out = r;
 	return 0;
 }

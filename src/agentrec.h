@@ -8,6 +8,7 @@
 #ifndef EC_AGENTREC_H
 #define EC_AGENTREC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,7 +16,7 @@
 #define AGENTREC_STATE_MAX 15
 #define AGENTREC_CAPS_MAX 1023  /* comma-separated task types */
 #define AGENTREC_MAX (1 + 1 + AGENTREC_STATE_MAX + 4 + 8 + 8 + 8 + 2 + AGENTREC_CAPS_MAX + \
-		      1 + 4 * AGENTREC_DUR_MAX)
+		      1 + 4 * AGENTREC_DUR_MAX + 1)
 
 struct agentrec {
 	char state[AGENTREC_STATE_MAX + 1];   /* "online", "suspect", "offline", "draining" */
@@ -25,11 +26,13 @@ struct agentrec {
 	uint32_t ndur;
 	uint32_t dur[AGENTREC_DUR_MAX];       /* ms, oldest first */
 	char caps[AGENTREC_CAPS_MAX + 1];
+	bool drained;                         /* by an operator; kept across restarts */
 };
 
 /* Encode into buf (AGENTREC_MAX bytes); returns the length. */
 size_t agentrec_encode(const struct agentrec *r, uint8_t *buf);
-/* 0, or EC_EMALFORMED for bytes that are not a record of this version. */
+/* 0, or EC_EMALFORMED for bytes that are not a record of this version or
+ * of version 2 (which had no flags: not drained). */
 int agentrec_decode(const uint8_t *buf, size_t len, struct agentrec *out);
 /* The median of v[0..n) (0 when n == 0); v is not changed. */
 uint32_t agentrec_median(const uint32_t *v, size_t n);

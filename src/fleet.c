@@ -713,7 +713,8 @@ static int apply_dispatch(struct fleet *f, struct store_txn *t)
 static size_t figures_encode(const struct agent *a, uint8_t buf[AGENTREC_MAX])
 {
 	struct agentrec r = { .slots = a->slots, .last_seen_ms = a->last_seen_ms, .ok = a->ok,
-			      .failed = a->failed, .ndur = (uint32_t)a->ndur };
+			      .failed = a->failed, .ndur = (uint32_t)a->ndur,
+			      .drained = a->draining };
 	snprintf(r.state, sizeof r.state, "%s", agent_state_name(a));
 	size_t first = a->ndur < DUR_WINDOW ? 0 : a->dur_pos, n = 0;
 	for (size_t i = 0; i < a->ndur; i++)
@@ -747,6 +748,7 @@ static int figures_load(const char *id, const uint8_t *b, size_t len, void *arg)
 	a->ndur = r.ndur < DUR_WINDOW ? r.ndur : DUR_WINDOW;
 	memcpy(a->dur, r.dur, a->ndur * sizeof *a->dur);
 	a->dur_pos = a->ndur % DUR_WINDOW;
+	a->draining = r.drained; /* sched hears of it at hello */
 	a->state = A_OFFLINE; /* until it says hello */
 	return 0;
 }
@@ -1025,12 +1027,17 @@ static int hook_control(struct store_txn *t, const char *verb, const char *agent
 		return EC_EUNKNOWN_AGENT;
 	bool on = strcmp(verb, "drain") == 0;
 	if (a->draining != on) {
-		/* In memory only: after a restart an agent starts undrained. */
 		a->draining = on;
 		sched_agent_drain(f->sc, agent, on);
 		agent_changed(f, a);
 		log_info("AGENT-%s %s", on ? "DRAIN" : "UNDRAIN", agent);
 	}
+	/* Stored with the control message (again, should the turn rerun), so
+	 * that a restarted coordinator keeps the agent drained. */
+	uint8_t fig[AGENTREC_MAX];
+	int rc = store_agent_put(t, a->id, fig, figures_encode(a, fig));
+	if (rc < 0)
+		return rc;
 	return on ? send_later(f, EC_F_DRAIN, agent, 0, NULL) : 0;
 }
 

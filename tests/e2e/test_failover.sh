@@ -14,9 +14,10 @@
 # 3. SIGKILL the coordinator while an agent runs a long task; restart it: the
 #    agent lists the lease in hello, the task is kept (one dispatch, no
 #    "lost") and completes exactly once.
-# 4. SIGKILL the coordinator and the agent running a task; restart the
-#    coordinator only: after the budget the task is lost and completes on
-#    another agent.
+# 4. With h1 drained, SIGKILL the coordinator and the agent running a task
+#    (h2); restart the coordinator only: after the budget the task is lost,
+#    and it waits, because h1 is still drained (the drain is stored); undrain
+#    h1 and it completes there.
 source "$(dirname "$0")/lib.sh"
 e2e_init
 source "$(dirname "$0")/fleet_lib.sh"
@@ -153,15 +154,18 @@ wait_until 10 all_running r2 || fail "r2 is not running"
 kill_bg h2 KILL
 kill_bg coord KILL
 t_kill=$(now_ms)
-# The restarted coordinator forgets the drain: h1 comes back undrained.
+# The restarted coordinator remembers the drain: r2 waits for an undrain.
 start_coord --log-level debug
 coord_wait 'TASK-LOST r2 ' 1 10
+sleep 1
+task_in r2 ready || fail "r2 is $(show_field r2 state) on drained h1 after the restart"
+ctl undrain h1 >"$WORK/ctl.out" 2>&1 || fail "undrain h1: $(cat "$WORK/ctl.out")"
 one_result_from r2 h1
 t_lost=$(log_ms 'TASK-LOST r2 ')
 echo "coordinator restart without h2: TASK-LOST r2 $((t_lost - t_kill)) ms after the kill (budget 3000 ms)"
 history r2 >"$WORK/hist"
 grep -Eq '^(dispatched|running) ready h2 .*lost' "$WORK/hist" || fail "r2: no lost step: $(cat "$WORK/hist")"
 grep -Eq '^ready dispatched h1 ' "$WORK/hist" || fail "r2: not dispatched to h1: $(cat "$WORK/hist")"
-pass "coordinator restart: h2 never came back, r2 was lost after the budget and ran on h1"
+pass "coordinator restart: h2 never came back, r2 was lost after the budget, waited for drained h1 and ran there once undrained"
 
 bg_alive coord || fail "the coordinator died"

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* test_agentrec.c - the stored agent record: round trip, every truncation
- * and a wrong version refused, the median. */
+ * and a wrong version refused, the drained flag and version 2, the median. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -38,10 +38,32 @@ static void test_round_trip(void **state)
 	assert_int_equal(agentrec_decode(buf, n, &back), EC_EMALFORMED);
 }
 
+/* Version 3 added the drained flag in a last byte; version 2 records (no
+ * flags) are still read, as not drained. */
+static void test_drained(void **state)
+{
+	(void)state;
+	struct agentrec r = { .slots = 2, .ndur = 1, .dur = { 5 }, .drained = true };
+	strcpy(r.state, "offline");
+	uint8_t buf[AGENTREC_MAX];
+	size_t n = agentrec_encode(&r, buf);
+	struct agentrec back;
+	assert_int_equal(agentrec_decode(buf, n, &back), 0);
+	assert_true(back.drained);
+	assert_int_equal(back.dur[0], 5);
+	buf[n - 1] = 0x80; /* a flag this version does not know */
+	assert_int_equal(agentrec_decode(buf, n, &back), EC_EMALFORMED);
+	buf[0] = 2; /* the same bytes without the flags byte: version 2 */
+	assert_int_equal(agentrec_decode(buf, n - 1, &back), 0);
+	assert_false(back.drained);
+	assert_int_equal(back.slots, 2);
+	assert_int_equal(agentrec_decode(buf, n, &back), EC_EMALFORMED);
+}
+
 static void test_full_record(void **state)
 {
 	(void)state;
-	struct agentrec r = { .ndur = AGENTREC_DUR_MAX };
+	struct agentrec r = { .ndur = AGENTREC_DUR_MAX, .drained = true };
 	memset(r.state, 's', AGENTREC_STATE_MAX);
 	memset(r.caps, 'c', AGENTREC_CAPS_MAX);
 	for (int i = 0; i < AGENTREC_DUR_MAX; i++)
@@ -68,6 +90,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_round_trip),
+		cmocka_unit_test(test_drained),
 		cmocka_unit_test(test_full_record),
 		cmocka_unit_test(test_median),
 	};
