@@ -2112,9 +2112,6 @@ int store_submit(struct store_txn *t, const struct submission *sub, const char *
 	return rc;
 }
 
-/* ------------------------------------------------------------------------ */
-/* Reads */
-
 /* ---- retention ----------------------------------------------------------------- */
 
 /* Every row of a final task (see store_prune); its dependents are gone or go
@@ -2266,6 +2263,9 @@ int store_prune(struct store_txn *t, int64_t cutoff_ms, unsigned budget, unsigne
 	}
 	return rc;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Reads */
 
 int store_task_get(struct store_txn *t, const char *id, struct task_rec *out)
 {
