@@ -33,6 +33,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,7 @@
 #define DEF_REFUSE_MS 200
 #define DEF_MAX_MESSAGE (1u << 20)
 #define CONNECT_TIMEOUT_MS 10000
+#define RESOLVE_POLL_MS 20        /* how often a name lookup in progress is checked */
 #define RECEIVE_MAX 256           /* inbound QoS 1 messages in flight to us */
 #define HELD_MAX (16u << 20)      /* inbound bytes held before we stop reading */
 #define HEADROOM (256u << 10)     /* topic and properties beside the payload */
@@ -66,6 +68,7 @@
 
 enum conn_state {
 	S_WAIT,    /* no socket; connect at m->due */
+	S_RESOLVE, /* the broker's name is being looked up (m->rs) */
 	S_TCP,     /* TCP connect in progress */
 	S_TLS,     /* TLS handshake */
 	S_CONNACK, /* CONNECT sent */
@@ -87,6 +90,14 @@ struct inbound {
 struct report {
 	uint64_t tag;
 	uint16_t id;
+};
+
+/* A name lookup off the loop: getaddrinfo_a() runs it on a glibc helper
+ * thread and the timer polls gai_error(). On the heap, because a lookup
+ * that cannot be cancelled still writes into it after we gave up. */
+struct resolve {
+	struct gaicb cb;
+	struct addrinfo hints;
 };
 
 struct mqtt {
@@ -114,6 +125,7 @@ struct mqtt {
 	int backoff_s;
 	int64_t due;                  /* S_WAIT: connect; S_TCP..S_CONNACK: give up */
 	struct addrinfo *ai, *ai_next; /* addresses of the attempt in progress */
+	struct resolve *rs;           /* the last name lookup, or NULL */
 	int ka_ms;                    /* keep-alive in force */
 	int64_t last_rx, last_tx, ping_at; /* ping_at: 0 = no PINGREQ out */
 	int64_t timer_at;             /* what tfd is armed for; 0 = nothing */
@@ -418,21 +430,80 @@ static bool try_next_address(struct mqtt *m, const char *why)
 	return false;
 }
 
+/* The addresses are known: connect to the first that takes it. */
+static void resolved(struct mqtt *m, struct addrinfo *ai)
+{
+	m->ai = m->ai_next = ai;
+	try_next_address(m, "no address");
+}
+
+/* Whether the last lookup is over (its result, if any, freed). */
+static bool lookup_idle(struct mqtt *m)
+{
+	if (!m->rs)
+		return true;
+	if (gai_error(&m->rs->cb) == EAI_INPROGRESS)
+		return false;
+	if (m->rs->cb.ar_result)
+		freeaddrinfo(m->rs->cb.ar_result);
+	m->rs->cb.ar_result = NULL;
+	return true;
+}
+
+/*
+ * An address is used at once. A name is looked up off the loop's thread:
+ * with the uplink down, a DNS lookup can take many seconds, and a loop
+ * blocked that long would stop the agents' heartbeats and move their work.
+ */
 static void start_connect(struct mqtt *m)
 {
-	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
-	int rc;
-
-	/* Blocking, on the loop's thread, once per attempt: brokers are named
-	 * by address or in /etc/hosts on a gateway (docs/mqtt.md). A slow DNS
-	 * stalls the loop for as long as it takes. */
-	if ((rc = getaddrinfo(m->host, m->port, &hints, &m->ai)) != 0) {
-		m->ai = NULL;
+	struct addrinfo num = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV }, *ai;
+	if (getaddrinfo(m->host, m->port, &num, &ai) == 0) {
+		resolved(m, ai);
+		return;
+	}
+	if (!lookup_idle(m)) { /* an abandoned lookup has not returned yet */
+		lost(m, "the last name lookup has not returned");
+		return;
+	}
+	if (!m->rs && !(m->rs = calloc(1, sizeof *m->rs))) {
+		lost(m, "out of memory");
+		return;
+	}
+	m->rs->hints = (struct addrinfo){ .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+	m->rs->cb = (struct gaicb){ .ar_name = m->host, .ar_service = m->port,
+				    .ar_request = &m->rs->hints };
+	struct gaicb *list[1] = { &m->rs->cb };
+	struct sigevent none = { .sigev_notify = SIGEV_NONE };
+	int rc = getaddrinfo_a(GAI_NOWAIT, list, 1, &none);
+	if (rc != 0) {
 		lost(m, gai_strerror(rc));
 		return;
 	}
-	m->ai_next = m->ai;
-	try_next_address(m, "no address");
+	m->st = S_RESOLVE;
+	m->due = now_ms() + CONNECT_TIMEOUT_MS;
+	arm(m, now_ms() + RESOLVE_POLL_MS);
+}
+
+static void resolve_step(struct mqtt *m, int64_t now)
+{
+	int rc = gai_error(&m->rs->cb);
+	if (rc == EAI_INPROGRESS) {
+		if (now >= m->due) {
+			gai_cancel(&m->rs->cb); /* if it cannot be, lookup_idle() waits */
+			lost(m, "name lookup timed out");
+		}
+		return;
+	}
+	if (rc != 0) {
+		lookup_idle(m);
+		lost(m, gai_strerror(rc));
+		return;
+	}
+	struct addrinfo *ai = m->rs->cb.ar_result;
+	m->rs->cb.ar_result = NULL;
+	resolved(m, ai);
 }
 
 static void tcp_done(struct mqtt *m)
@@ -815,6 +886,9 @@ static void timers(struct mqtt *m, int64_t now)
 		if (now >= m->due)
 			start_connect(m);
 		break;
+	case S_RESOLVE:
+		resolve_step(m, now);
+		break;
 	case S_TCP:
 	case S_TLS:
 	case S_CONNACK:
@@ -850,7 +924,9 @@ static void rearm(struct mqtt *m, int64_t now)
 {
 	int64_t at = 0;
 
-	if (m->st != S_UP)
+	if (m->st == S_RESOLVE)
+		at = now + RESOLVE_POLL_MS < m->due ? now + RESOLVE_POLL_MS : m->due;
+	else if (m->st != S_UP)
 		at = m->due;
 	else if (m->ka_ms)
 		at = m->ping_at ? m->ping_at + m->ka_ms : m->last_tx + m->ka_ms * 3 / 4;
@@ -1069,6 +1145,11 @@ static void free_all(struct mqtt *m)
 		free_inbound(m, m->live);
 	if (m->ai)
 		freeaddrinfo(m->ai);
+	if (m->rs && gai_error(&m->rs->cb) == EAI_INPROGRESS &&
+	    gai_cancel(&m->rs->cb) != EAI_CANCELED)
+		m->rs = NULL; /* still being written to by the lookup: left to it */
+	if (lookup_idle(m))
+		free(m->rs);
 	tlsframe_free(m->tc);
 	tlsframe_conf_free(m->tconf);
 	if (m->tfd >= 0)

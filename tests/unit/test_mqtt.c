@@ -981,6 +981,44 @@ static void test_keepalive(void **state)
 	close(f.lfd);
 }
 
+/* A broker given by name is looked up off the loop (getaddrinfo_a): by
+ * "localhost" it connects (::1 may refuse first: the next address is
+ * tried); a name that does not resolve is an attempt that failed, and the
+ * loop stays responsive meanwhile, however slow the resolver. */
+static void test_broker_by_name(void **state)
+{
+	struct broker b;
+	struct tctx t;
+	struct mqtt_opts o;
+	struct mqtt *m = NULL;
+	static const char *subs[] = { "t/#" };
+	char uri[96];
+
+	broker_init(&b);
+	broker_start(&b);
+	opts_default(&o, uri, sizeof uri, b.port, "ec-test-name", subs, 1);
+	snprintf(uri, sizeof uri, "tcp://localhost:%d", b.port);
+	assert_int_equal(mqtt_open(&o, &m), 0);
+	tctx_init(&t, m);
+	PUMP_UNTIL(&t, 5000, t.connects == 1 && t.subacks == 1);
+	pub(&b, "t/n", "by name");
+	PUMP_UNTIL(&t, 5000, t.n_committed == 1);
+	tctx_close(&t, 1000);
+
+	snprintf(uri, sizeof uri, "tcp://edgecoord-test.invalid:%d", b.port);
+	assert_int_equal(mqtt_open(&o, &m), 0);
+	tctx_init(&t, m);
+	long until = now_ms() + 1500;
+	while (now_ms() < until) {
+		long t0 = now_ms();
+		pump_once(&t, 50);
+		assert_true(now_ms() - t0 < 500); /* never blocked by the lookup */
+	}
+	assert_int_equal(t.connects, 0);
+	tctx_close(&t, 200);
+	broker_fini(&b);
+}
+
 static void test_fallback_to_311(void **state)
 {
 	struct fake f = { 0 };
@@ -1091,6 +1129,7 @@ int main(void)
 		cmocka_unit_test(test_will_and_online),
 		cmocka_unit_test(test_held_bytes_throttle),
 		cmocka_unit_test(test_keepalive),
+		cmocka_unit_test(test_broker_by_name),
 		cmocka_unit_test(test_fallback_to_311),
 		cmocka_unit_test(test_throughput_reference),
 	};
