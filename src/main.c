@@ -330,11 +330,11 @@ static int64_t next_due(void *arg)
 	int64_t now = loop_now_ms(), real = loop_realtime_ms();
 	int64_t due = fleet_next_due(d->fleet, now, real);
 	int64_t cd = coord_next_due(d->coord); /* on the realtime clock */
-	if (cd >= 0 && now + (cd - real) < due)
+	if (cd >= 0 && (due < 0 || now + (cd - real) < due))
 		due = now + (cd - real);
 	if (d->link) {
 		int64_t l = (int64_t)link_next_due(d->link);
-		if (l < due)
+		if (l >= 0 && (due < 0 || l < due))
 			due = l;
 	}
 	return due;
