@@ -15,6 +15,9 @@
  * one in flight when it died, which may or may not have committed) and that
  * they continue from the reported state. Then the next child goes on with the
  * same store.
+ *
+ * A second loop kills a child that prunes (retention) while it adds work,
+ * and runs store_check after each kill.
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -541,10 +544,110 @@ static void test_kill_loop(void **state)
 	tu_rmrf(dir);
 }
 
+/* --- kills during retention ------------------------------------------------ */
+
+/* A child keeps adding finished tasks and workflows and pruning them a few
+ * rows at a time; it is SIGKILLed at random moments, 40 times. After each
+ * kill the store must hold every invariant: no workflow half deleted, no history,
+ * result, dead letter or edge left behind (store_check). */
+struct pruner {
+	struct store *s;
+	unsigned n;
+};
+
+static int prune_some(struct store_txn *t, void *arg)
+{
+	unsigned removed;
+	bool wrapped;
+	(void)arg;
+	return store_prune(t, INT64_MAX, 20, &removed, &wrapped);
+}
+
+static int pruner_main(const char *dir, unsigned round)
+{
+	struct store_opts o = { .dir = dir, .map_size = 1 << 20, .max_map_size = 256 << 20 };
+	struct pruner p = { .n = round * 100000 };
+	if (store_open(&o, &p.s))
+		return 2;
+	for (;;) {
+		char id[32], up[32];
+		struct submission sub;
+		struct submit_result r;
+		snprintf(id, sizeof id, "w%u", p.n);
+		tu_sub_chain(&sub, id, 3, true);
+		if (tu_submit(p.s, &sub, &r))
+			return 3;
+		submission_fini(&sub);
+		for (int i = 0; i < 3; i++) {
+			uint64_t lease;
+			snprintf(id, sizeof id, "w%u:s%d", p.n, i);
+			if (tu_move(p.s, id, TS_DISPATCHED, 0, &lease) ||
+			    tu_move(p.s, id, TS_RUNNING, lease, NULL) ||
+			    tu_move(p.s, id, i == 2 && p.n % 3 == 0 ? TS_FAILED : TS_SUCCEEDED,
+				    lease, NULL))
+				return 4;
+		}
+		snprintf(up, sizeof up, "u%u", p.n);
+		snprintf(id, sizeof id, "d%u", p.n);
+		const char *const deps[] = { up, NULL };
+		tu_sub_task(&sub, up, NULL);
+		if (tu_submit(p.s, &sub, &r))
+			return 3;
+		submission_fini(&sub);
+		tu_sub_task(&sub, id, deps);
+		if (tu_submit(p.s, &sub, &r))
+			return 3;
+		submission_fini(&sub);
+		if (tu_move(p.s, up, TS_DEAD, 0, NULL) || store_write(p.s, prune_some, NULL))
+			return 5;
+		p.n++;
+	}
+}
+
+static int count_states(struct store_txn *t, void *arg)
+{
+	return store_state_counts(t, arg);
+}
+
+static void test_kill_during_prune(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	assert_non_null(dir);
+	for (unsigned round = 0; round < 40; round++) {
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0)
+			_exit(pruner_main(dir, round));
+		usleep((useconds_t)(5000 + rand() % 30001));
+		kill(pid, SIGKILL);
+		int status;
+		assert_int_equal(waitpid(pid, &status, 0), pid);
+		if (!WIFSIGNALED(status))
+			fail_msg("round %u: the child exited with status %d", round,
+				 WEXITSTATUS(status));
+		struct store_opts o = { .dir = dir, .map_size = 1 << 20, .max_map_size = 256 << 20 };
+		struct store *s = NULL;
+		assert_int_equal(store_open(&o, &s), 0);
+		assert_int_equal(tu_check(s), 0);
+		if (getenv("EC_CRASH_DEBUG")) {
+			uint64_t c[TS__COUNT] = { 0 }, n = 0;
+			assert_int_equal(store_read(s, count_states, c), 0);
+			for (int i = 0; i < TS__COUNT; i++)
+				n += c[i];
+			fprintf(stderr, "round %u: %llu tasks stored, %llu succeeded\n", round,
+				(unsigned long long)n, (unsigned long long)c[TS_SUCCEEDED]);
+		}
+		store_close(s);
+	}
+	tu_rmrf(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_kill_loop),
+		cmocka_unit_test(test_kill_during_prune),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
