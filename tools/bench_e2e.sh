@@ -14,9 +14,11 @@
 #            time from the kill until the task runs elsewhere
 # STATUS_EVENTS sets the coordinator's mqtt.status_events (which task states
 # publish a status: broker messages per task are the ceiling of W1 and W2).
-# For each, the coordinator's CPU time (utime+stime from /proc/PID/stat) and
-# VmRSS. Targets are reported, not asserted. BENCH_STRACE=1 adds a count of
-# the coordinator's system calls during W1. Run by tools/bench after a build.
+# For each, the coordinator's CPU time (utime+stime from /proc/PID/stat),
+# VmRSS, and the bytes written to the store's device per task (or per
+# workflow, for W2). Targets are reported, not asserted. BENCH_STRACE=1 adds
+# a count of the coordinator's system calls during W1. Run by tools/bench
+# after a build.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export EC_BIN=${EC_BIN:-$ROOT/build/bin} EC_SRC=$ROOT
@@ -41,21 +43,30 @@ bench() { "$EC_BIN/bench-e2e" --broker "$MQTT_URI" "$@"; }
 val() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/status"; }
+# Bytes written to the device that holds the store (sectors written in its
+# /sys/class/block stat, journal included: what an SD card wears), or 0 if
+# that device cannot be found. Not /proc/PID/io: with large folios it charges
+# a whole folio for every page dirtied.
+DISK_STAT=/sys/class/block/$(basename "$(df --output=source "$WORK" | tail -n 1)")/stat
+disk_bytes() { [ -r "$DISK_STAT" ] && awk '{print $7 * 512}' "$DISK_STAT" || echo 0; }
 # PSS: shared pages (libc, mbedtls) divided among the processes mapping them
 pss_kb() { sed -n 's/^Pss:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/smaps_rollup"; }
 met() { if awk "BEGIN{exit !($1)}"; then echo met; else echo MISSED; fi; }
 
 # run NAME ARGS...: one bench-e2e run with the coordinator's CPU and RSS.
 run() {
-	local name=$1 c0 c1 out secs
+	local name=$1 c0 c1 d0 d1 out secs
 	shift
 	c0=$(cpu_ticks "$COORD")
+	d0=$(disk_bytes)
 	out=$(bench "$@") || fail "bench-e2e $*"
 	c1=$(cpu_ticks "$COORD")
+	d1=$(disk_bytes)
 	secs=$(val secs "$out")
 	LAST="$out coord_cpu_s=$(awk "BEGIN{printf \"%.2f\", ($c1 - $c0) / $TCK}")"
 	LAST+=" coord_cpu_pct=$(awk "BEGIN{printf \"%.0f\", 100 * ($c1 - $c0) / $TCK / $secs}")"
 	LAST+=" coord_rss_kb=$(rss_kb "$COORD")"
+	LAST+=" disk_kb_per_item=$(awk "BEGIN{printf \"%.1f\", ($d1 - $d0) / 1024 / $(val n "$out")}")"
 	printf '%-9s %s\n' "$name" "$LAST"
 }
 
