@@ -51,6 +51,10 @@ static const char *const db_names[DB__COUNT] = {
 };
 
 #define REC_VERSION 1
+/* A task record of version 2 carries its own history (trec.hist); version 1
+ * records, from schema 1, had theirs in the history table only. */
+#define TREC_VERSION 2
+#define HIST_BYTES_MAX 1024     /* events kept in a record: <= 32 and <= this */
 #define FULL_PERCENT 90 /* submissions refused above this use of a maxed map */
 
 /* Counters kept in one meta row, cached for the length of a write
@@ -475,24 +479,28 @@ struct trec {
 	size_t spec_len;
 	uint64_t ready_seq;      /* key in DB_READY while ready */
 	uint64_t dead_seq;       /* key in DB_DEAD while dead */
-	uint32_t hist_next;      /* next history number */
+	uint32_t hist_next;      /* history table rows 0..hist_next-1 (schema 1 only) */
 	int64_t deadline_due;    /* armed deadline timer, 0 = none */
+	uint8_t *hist;           /* the last history events, oldest first */
+	size_t hist_len;
+	uint32_t nhist;
 };
 
 static void trec_fini(struct trec *t)
 {
 	task_rec_fini(&t->r);
 	free(t->spec_raw);
+	free(t->hist);
 	memset(t, 0, sizeof *t);
 }
 
 /* [ver][spec len][spec][state][enc][source][attempt][lease][unfinished]
  * [agent][error][created][updated][ready_ms][retry_due][timeout_due]
- * [deadline_due][ready_seq][dead_seq][hist_next] */
+ * [deadline_due][ready_seq][dead_seq][hist_next][nhist][hist_len][hist] */
 static int trec_encode(const struct trec *t, struct wbuf *w)
 {
 	const struct task_rec *r = &t->r;
-	w_u8(w, REC_VERSION);
+	w_u8(w, TREC_VERSION);
 	w_var(w, t->spec_len);
 	w_raw(w, t->spec_raw, t->spec_len);
 	w_u8(w, (uint8_t)r->state);
@@ -512,6 +520,9 @@ static int trec_encode(const struct trec *t, struct wbuf *w)
 	w_var(w, t->ready_seq);
 	w_var(w, t->dead_seq);
 	w_var(w, t->hist_next);
+	w_var(w, t->nhist);
+	w_var(w, t->hist_len);
+	w_raw(w, t->hist, t->hist_len);
 	return w->err;
 }
 
@@ -519,7 +530,8 @@ static int trec_decode(const MDB_val *v, struct trec *t)
 {
 	struct rbuf r = { v->mv_data, (const uint8_t *)v->mv_data + v->mv_size, false };
 	memset(t, 0, sizeof *t);
-	if (r_u8(&r) != REC_VERSION)
+	uint8_t ver = r_u8(&r);
+	if (ver != REC_VERSION && ver != TREC_VERSION)
 		return EC_ESTORE;
 	uint64_t sl = r_var(&r);
 	const uint8_t *sp = r_take(&r, sl);
@@ -551,7 +563,18 @@ static int trec_decode(const MDB_val *v, struct trec *t)
 	t->ready_seq = r_var(&r);
 	t->dead_seq = r_var(&r);
 	t->hist_next = (uint32_t)r_var(&r);
-	if (r.bad || (unsigned)rec->state >= TS__COUNT)
+	if (ver == TREC_VERSION) {
+		t->nhist = (uint32_t)r_var(&r);
+		uint64_t hl = r_var(&r);
+		const uint8_t *hp = r_take(&r, hl);
+		if (!hp || t->nhist > STORE_HISTORY_MAX || hl > HIST_BYTES_MAX + 512)
+			goto bad;
+		if (hl && !(t->hist = malloc(hl)))
+			goto bad;
+		memcpy(t->hist, hp, hl);
+		t->hist_len = hl;
+	}
+	if (r.bad || r.p != r.end || (unsigned)rec->state >= TS__COUNT)
 		goto bad;
 	return 0;
 bad:
@@ -563,7 +586,8 @@ bad:
 static int peek_state(const MDB_val *v, enum task_state *st)
 {
 	struct rbuf r = { v->mv_data, (const uint8_t *)v->mv_data + v->mv_size, false };
-	if (r_u8(&r) != REC_VERSION)
+	uint8_t ver = r_u8(&r);
+	if (ver != REC_VERSION && ver != TREC_VERSION)
 		return EC_ESTORE;
 	uint64_t sl = r_var(&r);
 	if (!r_take(&r, sl))
@@ -579,7 +603,8 @@ static int peek_state(const MDB_val *v, enum task_state *st)
 static int peek_spec(const MDB_val *v, const uint8_t **p, size_t *n)
 {
 	struct rbuf r = { v->mv_data, (const uint8_t *)v->mv_data + v->mv_size, false };
-	if (r_u8(&r) != REC_VERSION)
+	uint8_t ver = r_u8(&r);
+	if (ver != REC_VERSION && ver != TREC_VERSION)
 		return EC_ESTORE;
 	uint64_t sl = r_var(&r);
 	const uint8_t *sp = r_take(&r, sl);
@@ -859,6 +884,18 @@ static int check_schema(struct store *s, MDB_txn *txn, bool create)
 		return EC_ESTORE;
 	const uint8_t *p = v.mv_data;
 	uint32_t ver = p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
+	if (ver == 1) {
+		/* Schema 1 kept every history event in the history table; from 2
+		 * on a task record carries its own. Nothing is rewritten now: a
+		 * schema-1 record keeps its rows until the task is pruned, and its
+		 * new events go into the record. */
+		if (!create)
+			return 0;
+		uint8_t b[4] = { STORE_SCHEMA_VERSION, 0, 0, 0 };
+		MDB_val nv = mv(b, 4);
+		log_info("STORE-SCHEMA upgraded from 1 to %u", STORE_SCHEMA_VERSION);
+		return mdb_put(txn, s->dbi[DB_META], &k, &nv, 0) ? EC_ESTORE : 0;
+	}
 	if (ver != STORE_SCHEMA_VERSION) {
 		log_warnx("STORE-SCHEMA version %u, this build knows %u", ver,
 			  STORE_SCHEMA_VERSION);
@@ -1139,12 +1176,27 @@ static size_t hist_key(uint8_t *k, const char *id, uint32_t n)
 	return l + 5;
 }
 
+/* Skip one encoded history event; false if it does not parse. */
+static bool hist_skip(struct rbuf *r)
+{
+	r_zz(r);
+	r_u8(r);
+	r_u8(r);
+	r_var(r);
+	r_take(r, r_var(r));
+	r_take(r, r_var(r));
+	return !r->bad;
+}
+
+/* Append an event to the record's own history (written with the record: no
+ * table of its own to touch), dropping the oldest past STORE_HISTORY_MAX
+ * events or HIST_BYTES_MAX bytes. */
 static int history_add(struct store_txn *t, struct trec *tr, enum task_state from,
 		       enum task_state to, int64_t now, const char *detail)
 {
-	uint8_t k[TASK_FULLID_MAX + 5];
-	const char *id = tr->r.spec.id;
+	(void)t;
 	struct wbuf w = { 0 };
+	w_raw(&w, tr->hist, tr->hist_len);
 	w_zz(&w, now);
 	w_u8(&w, (uint8_t)from);
 	w_u8(&w, (uint8_t)to);
@@ -1153,14 +1205,26 @@ static int history_add(struct store_txn *t, struct trec *tr, enum task_state fro
 	char d[sizeof ((struct history_ev *)0)->detail];
 	snprintf(d, sizeof d, "%s", detail ? detail : "");
 	w_str(&w, d);
-	int rc = w.err ? w.err : db_put(t, DB_HISTORY, k, hist_key(k, id, tr->hist_next), w.p, w.len, 0);
-	free(w.p);
-	if (rc < 0)
-		return rc;
-	if (tr->hist_next >= STORE_HISTORY_MAX)
-		rc = db_del(t, DB_HISTORY, k, hist_key(k, id, tr->hist_next - STORE_HISTORY_MAX));
-	tr->hist_next++;
-	return rc;
+	if (w.err) {
+		free(w.p);
+		return w.err;
+	}
+	uint32_t n = tr->nhist + 1;
+	struct rbuf r = { w.p, w.p + w.len, false };
+	while (n > 1 && (n > STORE_HISTORY_MAX || (size_t)(r.end - r.p) > HIST_BYTES_MAX)) {
+		if (!hist_skip(&r)) {
+			free(w.p);
+			return EC_ESTORE;
+		}
+		n--;
+	}
+	size_t keep = (size_t)(r.end - r.p);
+	memmove(w.p, r.p, keep);
+	free(tr->hist);
+	tr->hist = w.p;
+	tr->hist_len = keep;
+	tr->nhist = n;
+	return 0;
 }
 
 static int emit(struct store_txn *t, const struct store_event *ev)
@@ -2398,23 +2462,31 @@ struct hist_cb {
 	void *arg;
 };
 
+static int hist_event(struct rbuf *r, struct history_ev *ev);
+
 static int scan_hist_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v, void *arg)
 {
 	struct hist_cb *cb = arg;
 	struct rbuf r = { v->mv_data, (const uint8_t *)v->mv_data + v->mv_size, false };
 	struct history_ev ev;
-	memset(&ev, 0, sizeof ev);
-	ev.ts_ms = r_zz(&r);
-	ev.from = r_u8(&r);
-	ev.to = r_u8(&r);
-	ev.attempt = (uint32_t)r_var(&r);
-	r_strbuf(&r, ev.agent, sizeof ev.agent);
-	r_strbuf(&r, ev.detail, sizeof ev.detail);
-	if (r.bad)
-		return EC_ESTORE;
-	return cb->fn(&ev, cb->arg);
+	int rc = hist_event(&r, &ev);
+	return rc ? rc : cb->fn(&ev, cb->arg);
 }
 
+static int hist_event(struct rbuf *r, struct history_ev *ev)
+{
+	memset(ev, 0, sizeof *ev);
+	ev->ts_ms = r_zz(r);
+	ev->from = r_u8(r);
+	ev->to = r_u8(r);
+	ev->attempt = (uint32_t)r_var(r);
+	r_strbuf(r, ev->agent, sizeof ev->agent);
+	r_strbuf(r, ev->detail, sizeof ev->detail);
+	return r->bad ? EC_ESTORE : 0;
+}
+
+/* The rows of the history table (schema 1: older events of records written
+ * then), then the events in the record. */
 int store_history_scan(struct store_txn *t, const char *id, store_hist_fn fn, void *arg)
 {
 	uint8_t p[TASK_FULLID_MAX + 1];
@@ -2424,7 +2496,19 @@ int store_history_scan(struct store_txn *t, const char *id, store_hist_fn fn, vo
 	memcpy(p, id, l);
 	p[l] = 0;
 	struct hist_cb cb = { fn, arg };
-	return scan_prefix(t, DB_HISTORY, p, l + 1, scan_hist_cb, &cb);
+	int rc = scan_prefix(t, DB_HISTORY, p, l + 1, scan_hist_cb, &cb);
+	struct trec x;
+	if (rc != 0 || (rc = task_load(t, id, &x)) < 0)
+		return rc;
+	struct rbuf r = { x.hist, x.hist + x.hist_len, false };
+	for (uint32_t i = 0; rc == 0 && i < x.nhist; i++) {
+		struct history_ev ev;
+		rc = hist_event(&r, &ev);
+		if (rc == 0)
+			rc = fn(&ev, arg);
+	}
+	trec_fini(&x);
+	return rc;
 }
 
 static int scan_dead_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v, void *arg)

@@ -1257,6 +1257,29 @@ static int lost_loop_fn(struct store_txn *t, void *arg)
 	return 0;
 }
 
+/* Failed attempts with long errors: their events fill the record's history
+ * budget in bytes before its count. */
+static int fail_loop_fn(struct store_txn *t, void *arg)
+{
+	struct loop_arg *a = arg;
+	char err[200];
+	memset(err, 'e', sizeof err - 1);
+	err[sizeof err - 1] = 0;
+	for (int i = 0; i < a->n; i++) {
+		uint64_t lease;
+		struct transition d = { .to = TS_DISPATCHED, .now_ms = i, .agent = "x" };
+		int rc = store_transition(t, a->id, &d, &lease);
+		struct transition fl = { .to = TS_FAILED, .now_ms = i, .lease = lease, .error = err };
+		struct transition w = { .to = TS_RETRY_WAIT, .now_ms = i };
+		struct transition r = { .to = TS_READY, .now_ms = i };
+		if (rc || (rc = store_transition(t, a->id, &fl, NULL)) ||
+		    (rc = store_transition(t, a->id, &w, NULL)) ||
+		    (rc = store_transition(t, a->id, &r, NULL)))
+			return rc;
+	}
+	return 0;
+}
+
 static void test_reads(void **state)
 {
 	struct fx *f = *state;
@@ -1316,6 +1339,15 @@ static void test_reads(void **state)
 	assert_int_equal(h.n, STORE_HISTORY_MAX);
 	assert_int_equal(h.last.to, TS_READY);
 	assert_int_equal(h.last.ts_ms, 39);
+	/* ... and its bytes are bounded too (HIST_BYTES_MAX in store.c), the
+	 * newest event always kept. */
+	add_task(f->s, "hist-long", NULL);
+	struct loop_arg fa = { "hist-long", 12 };
+	assert_int_equal(store_write(f->s, fail_loop_fn, &fa), 0);
+	h = history(f->s, "hist-long");
+	assert_true(h.n >= 4 && h.n < STORE_HISTORY_MAX);
+	assert_int_equal(h.last.to, TS_READY);
+	assert_int_equal(h.last.ts_ms, 11);
 	assert_int_equal(tu_check(f->s), 0);
 }
 
