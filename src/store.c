@@ -2339,6 +2339,7 @@ int store_task_get(struct store_txn *t, const char *id, struct task_rec *out)
 		return rc;
 	*out = x.r;
 	free(x.spec_raw);
+	free(x.hist);
 	return 0;
 }
 
