@@ -48,7 +48,7 @@ rss_kb() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/status"; }
 # that device cannot be found. Not /proc/PID/io: with large folios it charges
 # a whole folio for every page dirtied.
 DISK_STAT=/sys/class/block/$(basename "$(df --output=source "$WORK" | tail -n 1)")/stat
-disk_bytes() { [ -r "$DISK_STAT" ] && awk '{print $7 * 512}' "$DISK_STAT" || echo 0; }
+disk_bytes() { [ -r "$DISK_STAT" ] && awk '{printf "%.0f\n", $7 * 512}' "$DISK_STAT" || echo 0; }
 # PSS: shared pages (libc, mbedtls) divided among the processes mapping them
 pss_kb() { sed -n 's/^Pss:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/smaps_rollup"; }
 met() { if awk "BEGIN{exit !($1)}"; then echo met; else echo MISSED; fi; }

@@ -10,7 +10,8 @@
 #  - batch: TASKS tasks in submissions of 100;
 #  - the same batches to a coordinator with mqtt.status_events = final,
 #    counted on MQTT 5 responses (one per submission) instead of statuses;
-#  - the coordinator's VmRSS once TASKS (+ SINGLE) tasks are stored.
+#  - the coordinator's VmRSS once TASKS (+ SINGLE) tasks are stored;
+#  - the bytes written to the store's device per task, single and batched.
 # "Accepted" is counted on a subscriber of P/tasks/+/status: the coordinator
 # publishes a task's `accepted` status only after the LMDB commit that
 # stores it, and acknowledges the submission (PUBACK) after that same commit,
@@ -44,6 +45,9 @@ PIDS+=($!)
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 
 now() { date +%s.%N; }
+# bytes written to the device holding the store (journal included), 0 if unknown
+DISK_STAT=/sys/class/block/$(basename "$(df --output=source "$W" | tail -n 1)")/stat
+disk_bytes() { [ -r "$DISK_STAT" ] && awk '{printf "%.0f\n", $7 * 512}' "$DISK_STAT" || echo 0; }
 # Runs mosquitto_sub -C COUNT on TOPIC, publishes FILE (-l) to PUBTOPIC,
 # prints the seconds from the first publish to the COUNT-th message.
 timed() { # COUNT TOPIC PUBTOPIC FILE [mosquitto_pub args]
@@ -77,8 +81,11 @@ for _ in $(seq 100); do
 	mosquitto_sub -h 127.0.0.1 -p "$PORT" -C 1 -W 1 -t edgecoord/coordinator/bench/state 2>/dev/null |
 		grep -q online && break
 done
+d0=$(disk_bytes)
 single_s=$(timed "$SINGLE" 'edgecoord/tasks/+/status' edgecoord/submit/bench "$W/single")
+d1=$(disk_bytes)
 batch_s=$(timed "$NB" 'edgecoord/tasks/+/status' edgecoord/submit/bench "$W/batch")
+d2=$(disk_bytes)
 sleep 1
 rss_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$EC/status")
 hwm_kb=$(awk '/^VmHWM/ {print $2}' "/proc/$EC/status")
@@ -102,7 +109,8 @@ done
 final_s=$(timed "$((NB / 100))" bench/responses edgecoord/submit/bench "$W/batch" \
 	-V mqttv5 -D publish response-topic bench/responses)
 
-python3 - "$SINGLE" "$NB" "$ceil_s" "$single_s" "$batch_s" "$rss_kb" "$hwm_kb" "$stored" "$anon_kb" "$file_kb" "$final_s" <<'PY'
+python3 - "$SINGLE" "$NB" "$ceil_s" "$single_s" "$batch_s" "$rss_kb" "$hwm_kb" "$stored" "$anon_kb" "$file_kb" "$final_s" \
+	"$d0" "$d1" "$d2" <<'PY'
 import sys
 single, nb = int(sys.argv[1]), int(sys.argv[2])
 ceil_s, single_s, batch_s = map(float, sys.argv[3:6])
@@ -121,6 +129,9 @@ f_tasks = nb / f_s
 print("%-44s %12.0f %12.0f %10s" % ("  the same, status_events = final", (nb // 100) / f_s, f_tasks, "50000 " + ok(f_tasks, 50000)))
 print()
 print("single / ceiling: %.2f   batch tasks/s / single tasks/s: %.1f" % (s_msgs / ceil, b_tasks / s_msgs))
+d0, d1, d2 = map(int, sys.argv[12:15])
+print("device writes per task (journal included): single %.1f KB, batches of 100 %.1f KB"
+      % ((d1 - d0) / 1024 / single, (d2 - d1) / 1024 / nb))
 print("coordinator VmRSS with %d tasks stored: %.1f MiB (peak VmHWM %.1f MiB); target <= 16 MiB: %s"
       % (stored, rss / 1024, hwm / 1024, "met" if rss <= 16 * 1024 else "MISSED"))
 print("  of which RssAnon (heap, stacks) %.1f MiB, RssFile (LMDB map pages, libraries) %.1f MiB"
