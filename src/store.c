@@ -567,7 +567,7 @@ static int trec_decode(const MDB_val *v, struct trec *t)
 		t->nhist = (uint32_t)r_var(&r);
 		uint64_t hl = r_var(&r);
 		const uint8_t *hp = r_take(&r, hl);
-		if (!hp || t->nhist > STORE_HISTORY_MAX || hl > HIST_BYTES_MAX + 512)
+		if (!hp || t->nhist > STORE_HISTORY_MAX || hl > HIST_BYTES_MAX)
 			goto bad;
 		if (hl && !(t->hist = malloc(hl)))
 			goto bad;
@@ -906,7 +906,7 @@ static int check_schema(struct store *s, MDB_txn *txn, bool create)
 
 /* Leases the last run may have sent before their dispatch committed are
  * never handed out again (fleet.c, send_work_early). */
-static int skip_leases(struct store_txn *t, void *arg)
+static int skip_leases(struct store_txn *t)
 {
 	struct meta *m;
 	int rc = meta_get(t, &m);
@@ -967,14 +967,18 @@ int store_open(const struct store_opts *o, struct store **out)
 		goto fail;
 	if ((rc = check_schema(s, txn, !o->read_only)) < 0)
 		goto fail;
+	if (!o->read_only) { /* in the same commit */
+		struct meta m;
+		struct store_txn t = { .s = s, .txn = txn, .write = true, .m = &m };
+		if ((rc = skip_leases(&t)) < 0 || (rc = meta_flush(&t)) < 0)
+			goto fail;
+	}
 	rc = mdb_txn_commit(txn);
 	txn = NULL;
 	if (rc) {
 		rc = EC_ESTORE;
 		goto fail;
 	}
-	if (!o->read_only && (rc = store_write(s, skip_leases, NULL)) < 0)
-		goto fail;
 	*out = s;
 	return 0;
 fail:
