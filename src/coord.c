@@ -568,7 +568,7 @@ int64_t coord_next_due(const struct coord *c)
 
 /* After a turn that pruned: when the next one is due, and a log line per
  * pass that deleted anything. */
-static void pruned(struct coord *c, const struct flush_ctx *f)
+static void prune_done(struct coord *c, const struct flush_ctx *f)
 {
 	c->pruned += f->pruned;
 	if (!f->wrapped) {
@@ -634,7 +634,7 @@ int coord_flush(struct coord *c, int64_t now_ms)
 		c->ndone = 0;
 		c->done_since = 0;
 		if (f.prune)
-			pruned(c, &f);
+			prune_done(c, &f);
 	} else {
 		log_warnx("STORE-WRITE failed, %zu messages wait for redelivery: %s", f.n,
 			  ec_strerror(rc));

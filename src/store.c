@@ -3034,47 +3034,23 @@ int store_check(struct store_txn *t, char *why, size_t why_len)
 			goto out;
 		}
 	}
-	if ((rc = count_entries(t, DB_STATE, &n)) < 0)
-		goto out;
-	if (n != total) {
-		rc = bad(&k, "state index has entries for missing tasks%s%s", "", "");
-		goto out;
-	}
-	if ((rc = count_entries(t, DB_RDEPS, &n)) < 0)
-		goto out;
-	if (n != k.edges) {
-		rc = bad(&k, "rdeps holds edges no task declares%s%s", "", "");
-		goto out;
-	}
-	if ((rc = count_entries(t, DB_READY, &n)) < 0)
-		goto out;
-	if (n != k.ready) {
-		rc = bad(&k, "ready queue holds tasks that are not ready%s%s", "", "");
-		goto out;
-	}
-	if ((rc = count_entries(t, DB_TIMERS, &n)) < 0)
-		goto out;
-	if (n != k.timers) {
-		rc = bad(&k, "timers table holds timers no task mirrors%s%s", "", "");
-		goto out;
-	}
-	if ((rc = count_entries(t, DB_DEAD, &n)) < 0)
-		goto out;
-	if (n != k.dead) {
-		rc = bad(&k, "dead letters for tasks that are not dead%s%s", "", "");
-		goto out;
-	}
-	if ((rc = count_entries(t, DB_RESULTS, &n)) < 0)
-		goto out;
-	if (n != k.results) {
-		rc = bad(&k, "result rows of tasks that are gone or not final%s%s", "", "");
-		goto out;
-	}
-	if ((rc = count_entries(t, DB_HISTORY, &n)) < 0)
-		goto out;
-	if (n != k.history) {
-		rc = bad(&k, "history rows of tasks that are gone%s%s", "", "");
-		goto out;
+	/* Each table's entries, against what the task records account for. */
+	const struct { int db; uint64_t want; const char *what; } tables[] = {
+		{ DB_STATE, total, "state index has entries for missing tasks" },
+		{ DB_RDEPS, k.edges, "rdeps holds edges no task declares" },
+		{ DB_READY, k.ready, "ready queue holds tasks that are not ready" },
+		{ DB_TIMERS, k.timers, "timers table holds timers no task mirrors" },
+		{ DB_DEAD, k.dead, "dead letters for tasks that are not dead" },
+		{ DB_RESULTS, k.results, "result rows of tasks that are gone or not final" },
+		{ DB_HISTORY, k.history, "history rows of tasks that are gone" },
+	};
+	for (size_t i = 0; i < sizeof tables / sizeof *tables; i++) {
+		if ((rc = count_entries(t, tables[i].db, &n)) < 0)
+			goto out;
+		if (n != tables[i].want) {
+			rc = bad(&k, "%s%s", tables[i].what, "");
+			goto out;
+		}
 	}
 	if ((rc = scan_prefix(t, DB_WORKFLOWS, NULL, 0, check_wf_cb, &k)) < 0)
 		goto out;
