@@ -133,6 +133,8 @@ static int touch_workflow(struct coord *c, const char *wf)
 	return 0;
 }
 
+/* The status as of the task's last change: its ts is that of the history
+ * event (the fleet reads the clock for its transitions, not coord). */
 static int status_row(struct coord *c, struct store_txn *t, const struct task_rec *r)
 {
 	char topic[MSG_TOPIC_MAX];
@@ -140,7 +142,7 @@ static int status_row(struct coord *c, struct store_txn *t, const struct task_re
 	size_t len;
 	int rc = msg_topic(topic, sizeof topic, c->o.prefix, "tasks", r->spec.id, "status");
 	if (rc == 0)
-		rc = msg_status(r, c->now_ms, r->enc, &p, &len);
+		rc = msg_status(r, r->updated_ms ? r->updated_ms : c->now_ms, r->enc, &p, &len);
 	if (rc == 0)
 		rc = put(t, topic, p, len, OUTBOX_RETAIN | OUTBOX_EXPIRE | enc_flag(r->enc));
 	return rc;
