@@ -48,6 +48,7 @@ static void usage(FILE *f)
 	      "  dot ID | mermaid ID                a workflow's DAG, colored by state\n"
 	      "  dead                               dead letters with their reasons\n"
 	      "  agents                             every agent the coordinator knows, as last published\n"
+	      "  fsck                               check every invariant of the store\n"
 	      "changes (through the control topics at --broker; default tcp://127.0.0.1:1883):\n"
 	      "  cancel ID | cancel --workflow ID\n"
 	      "  retry ID  | retry --workflow ID\n"
@@ -206,6 +207,27 @@ static int cmd_dead(struct ctl *c)
 {
 	struct list l = { .state = -1, .json = c->json, .dead = true };
 	return run_list(c, &l);
+}
+
+/* ---- fsck ---------------------------------------------------------------- */
+
+static int check_txn(struct store_txn *t, void *arg)
+{
+	return store_check(t, arg, 512);
+}
+
+/* Every invariant of store_check, on one consistent snapshot (the daemon may
+ * run): after a power cut, or when something looks wrong. */
+static int cmd_fsck(struct ctl *c)
+{
+	char why[512] = "";
+	int rc = store_read(c->store, check_txn, why);
+	if (rc == 0) {
+		printf("store OK\n");
+		return 0;
+	}
+	fprintf(stderr, "edgecoordctl: store check failed: %s\n", why[0] ? why : ec_strerror(rc));
+	return 1;
 }
 
 /* ---- show ---------------------------------------------------------------- */
@@ -841,7 +863,7 @@ out:
 static bool is_query(const char *cmd)
 {
 	static const char *const q[] = { "tasks", "show", "workflow", "dot", "mermaid", "dead",
-					  "agents" };
+					  "agents", "fsck" };
 	for (size_t i = 0; i < sizeof q / sizeof q[0]; i++)
 		if (strcmp(cmd, q[i]) == 0)
 			return true;
@@ -905,6 +927,8 @@ int main(int argc, char **argv)
 		ret = argc == 1 ? cmd_dead(&c) : 2;
 	else if (strcmp(cmd, "agents") == 0)
 		ret = argc == 1 ? cmd_agents(&c) : 2;
+	else if (strcmp(cmd, "fsck") == 0)
+		ret = argc == 1 ? cmd_fsck(&c) : 2;
 	else
 		ret = cmd_workflow(&c, cmd, argc, argv);
 	store_close(c.store);
