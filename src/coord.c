@@ -55,6 +55,12 @@ struct coord {
 	size_t ndone, capdone;
 	int64_t done_since;             /* when the oldest of done[] was delivered */
 	uint64_t sent_upto;             /* rows up to here were handed to io */
+	/* Held until durable (store.h, lazy_meta): the fate of inbound messages,
+	 * and outbox rows past durable_upto, as of the commit they wait for. */
+	struct held_msg { void *user; bool ack; uint64_t gen; } *held;
+	size_t nheld, capheld;
+	uint64_t durable_upto;          /* rows up to here may be published */
+	uint64_t pend_upto, pend_gen;   /* rows up to pend_upto, once pend_gen is durable */
 	uint64_t outbox_len;
 	int64_t now_ms;                 /* timestamp for the rows of this flush */
 	char (*touched)[TASK_ID_MAX + 1]; /* workflows whose status to publish */
@@ -417,6 +423,7 @@ struct flush_ctx {
 	bool prune;                     /* in: this turn prunes */
 	unsigned pruned;                /* out: tasks it deleted */
 	bool wrapped;                   /* out: its pass over the store ended */
+	uint64_t upto;                  /* out: the last outbox row */
 };
 
 static int flush_txn(struct store_txn *t, void *arg)
@@ -451,6 +458,8 @@ static int flush_txn(struct store_txn *t, void *arg)
 	if (rc == 0 && f->prune)
 		rc = store_prune(t, c->now_ms - c->o.keep_final_ms, PRUNE_BUDGET, &f->pruned,
 				 &f->wrapped);
+	if (rc == 0)
+		rc = store_outbox_last(t, &f->upto);
 	if (rc < 0)
 		return rc;
 	return store_outbox_count(t, &c->outbox_len);
@@ -471,7 +480,7 @@ static int drain_row(uint64_t seq, const char *topic, const uint8_t *payload, si
 	const uint8_t *corr = NULL;
 	size_t clen = 0;
 
-	if (!d->budget-- || !c->io.can_publish(c->io.arg))
+	if (seq > c->durable_upto || !d->budget-- || !c->io.can_publish(c->io.arg))
 		return 1;
 	if (flags & OUTBOX_CORR) {
 		if (len < 2)
@@ -506,6 +515,66 @@ static void drain(struct coord *c)
 		log_warnx("OUTBOX-READ failed: %s", ec_strerror(rc));
 }
 
+/* ---- durability -------------------------------------------------------------- */
+
+static int last_row(struct store_txn *t, void *arg)
+{
+	return store_outbox_last(t, arg);
+}
+
+/* Let out what the store now holds durably: the fate of inbound messages
+ * (PUBACK), outbox rows, and (hooks.durable) the fleet's frames. Held
+ * messages are in commit order, so the durable ones are a prefix. */
+static void release(struct coord *c)
+{
+	uint64_t dur = store_durable(c->st);
+	size_t k = 0;
+	while (k < c->nheld && c->held[k].gen <= dur) {
+		if (c->io.settle)
+			c->io.settle(c->io.arg, c->held[k].user, c->held[k].ack);
+		k++;
+	}
+	if (k) {
+		memmove(c->held, c->held + k, (c->nheld - k) * sizeof *c->held);
+		c->nheld -= k;
+	}
+	if (c->pend_gen <= dur && c->pend_upto > c->durable_upto)
+		c->durable_upto = c->pend_upto;
+	if (c->hooks.durable)
+		c->hooks.durable(c->hooks.arg);
+}
+
+/* The turn's inbound messages wait for the commit that holds them (the one
+ * just made, or none if it failed: then they are not acked anyway). */
+static void hold(struct coord *c, const struct flush_ctx *f, uint64_t gen)
+{
+	for (size_t i = 0; i < f->n; i++) {
+		struct coord_msg *m = f->preps[i].m;
+		if (vec_grow((void **)&c->held, &c->capheld, c->nheld + 1, sizeof *c->held) < 0) {
+			/* no room to wait: not acked, the broker redelivers it */
+			if (c->io.settle)
+				c->io.settle(c->io.arg, m->user, false);
+			continue;
+		}
+		c->held[c->nheld++] = (struct held_msg){ m->user, m->ack, gen };
+	}
+}
+
+int coord_sync(struct coord *c)
+{
+	int rc = store_sync(c->st);
+	if (rc == 0) {
+		release(c);
+		drain(c);
+	}
+	return rc;
+}
+
+bool coord_unsynced(const struct coord *c)
+{
+	return store_durable(c->st) != store_written(c->st);
+}
+
 /* ---- public ------------------------------------------------------------------ */
 
 int coord_new(struct store *st, const struct coord_opts *o, const struct coord_io *io,
@@ -517,6 +586,12 @@ int coord_new(struct store *st, const struct coord_opts *o, const struct coord_i
 	c->st = st;
 	c->o = *o;
 	c->io = *io;
+	/* What the store holds at start survived the last run: publishable. */
+	int rc = store_read(st, last_row, &c->durable_upto);
+	if (rc < 0) {
+		free(c);
+		return rc;
+	}
 	store_set_observer(st, observe, c);
 	*out = c;
 	return 0;
@@ -535,6 +610,7 @@ void coord_free(struct coord *c)
 	free(c->in);
 	free(c->done);
 	free(c->touched);
+	free(c->held);
 	free(c);
 }
 
@@ -637,10 +713,17 @@ int coord_flush(struct coord *c, int64_t now_ms)
 		c->done_since = 0;
 		if (f.prune)
 			prune_done(c, &f);
+		/* This commit's rows wait for it to be durable; the one before
+		 * it is now (its meta page went out with this commit's sync). */
+		release(c);
+		c->pend_upto = f.upto;
+		c->pend_gen = store_written(c->st);
 	} else {
 		log_warnx("STORE-WRITE failed, %zu messages wait for redelivery: %s", f.n,
 			  ec_strerror(rc));
 	}
+	hold(c, &f, store_written(c->st));
+	release(c);
 	for (size_t i = 0; i < f.n; i++)
 		submission_fini(&f.preps[i].sub);
 	free(f.preps);

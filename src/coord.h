@@ -7,10 +7,14 @@
  *
  * It owns the per-turn batch: messages and deliveries queue up while the loop
  * runs; coord_flush() (the loop's before-sleep step) applies all of them in
- * ONE durable store transaction, then reports which inbound messages may be
- * acknowledged to the broker, then publishes what the outbox holds. An inbound
- * message is acknowledged only after the transaction holding its effects has
- * committed (DESIGN 2: a submission the broker accepted is never lost).
+ * ONE store transaction, then settles the inbound messages (ack or not), then
+ * publishes what the outbox holds. Nothing leaves before the transaction that
+ * caused it is durable (DESIGN 2: a submission the broker accepted is never
+ * lost; a status or result is never published for a change a power cut could
+ * undo). With a lazy_meta store a commit becomes durable with the next one
+ * or with coord_sync(), which the loop calls before it would sleep: until
+ * then the PUBACKs, the outbox rows and (hooks.durable) the fleet's frames of
+ * that commit wait.
  *
  * It does no socket I/O itself: the MQTT side is reached through the
  * coord_io callbacks, so tests can drive it with a store and no broker.
@@ -53,7 +57,8 @@ struct coord_msg {
 	size_t corr_len;
 	size_t oversize;                /* 0, or the real size of a payload too
 	                                   large to hold: payload is its start */
-	bool ack;                       /* out: set by coord_flush when committed */
+	bool ack;                       /* out: set by coord_flush when committed
+	                                   (io.settle says when it is durable) */
 	void *user;                     /* the caller's handle */
 };
 
@@ -64,6 +69,9 @@ struct coord_io {
 	int (*publish)(void *arg, uint64_t seq, const char *topic, const uint8_t *payload,
 		       size_t len, unsigned flags, const uint8_t *corr, size_t corr_len);
 	bool (*can_publish)(void *arg);
+	/* A pushed message's fate, once durable: ack it to the broker or not
+	 * (then it is redelivered). Called once per pushed message, in order. */
+	void (*settle)(void *arg, void *user, bool ack);
 	void *arg;
 };
 
@@ -86,6 +94,8 @@ struct coord_hooks {
 	int (*control)(struct store_txn *t, const char *verb, const char *agent, void *arg);
 	/* After the transaction: rc 0 if it committed. */
 	void (*committed)(int rc, void *arg);
+	/* store_durable() may have moved: let out what waited for it. */
+	void (*durable)(void *arg);
 };
 
 struct coord;
@@ -107,12 +117,18 @@ void coord_delivered(struct coord *c, uint64_t seq);
 void coord_resend_all(struct coord *c);
 
 /* Apply everything queued in one transaction, set ->ack on the queued
- * messages, then publish from the outbox while io allows. Returns 0 or the
- * store's error (then no message is acked; they are redelivered later).
+ * messages, settle those whose commit is durable, then publish the durable
+ * outbox rows while io allows. Returns 0 or the store's error (then no
+ * message is acked; they are redelivered later).
  * Deliveries alone do not cause a transaction until enough have piled up or
  * the oldest has waited a while: coord_next_due() says when. */
 int coord_flush(struct coord *c, int64_t now_ms);
 
+/* Make the last commit durable and let out what waited for it (the loop's
+ * step before it sleeps). 0, or the store's error. */
+int coord_sync(struct coord *c);
+/* Whether a commit waits for coord_sync(). */
+bool coord_unsynced(const struct coord *c);
 /* When (in coord_flush's clock) delivered rows are due for deletion, or -1. */
 int64_t coord_next_due(const struct coord *c);
 

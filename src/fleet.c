@@ -3,10 +3,12 @@
  * fleet.c - agents, dispatch, results, timers and health (see fleet.h).
  *
  * The rule that keeps this file honest: nothing leaves the process before the
- * transaction that justifies it has committed. Frames to agents (work, ack,
- * cancel, drain) are collected during the turn and sent in committed(); if
- * the transaction fails they are dropped and the link events that caused
- * them stay queued for the next turn.
+ * transaction that justifies it is durable. Frames to agents (ack, cancel,
+ * drain) are collected during the turn, kept at committed() and sent once the
+ * store says the commit is durable (hook_durable; with lazy_meta, after the
+ * next commit or sync). If the transaction fails they are dropped and the
+ * link events that caused them stay queued for the next turn. Work is the
+ * exception: it leaves before the commit (send_work_early).
  *
  * The scheduler's in-memory view moves inside the turn, so that one
  * transaction both takes a result and hands its slot to the next task: slots
@@ -91,6 +93,7 @@ struct outframe {                       /* a frame to send after the commit
 	size_t payload_len, inputs_len;
 	uint64_t timeout_ms;
 	bool sent;                      /* work: sent before the commit */
+	uint64_t gen;                   /* f->held: the commit it waits for */
 };
 
 #define VEC(T) struct { T *v; size_t n, cap; }
@@ -107,6 +110,7 @@ struct fleet {
 	size_t evs_applied;             /* how many the open transaction consumed */
 	/* this turn (reset by begin) */
 	VEC(struct outframe) out;
+	VEC(struct outframe) held;      /* committed, not yet durable (no work) */
 	VEC(char *) unready;
 	struct sched_decision picks[PICKS_MAX];
 	int npicks;
@@ -1041,6 +1045,46 @@ static int hook_control(struct store_txn *t, const char *verb, const char *agent
 	return on ? send_later(f, EC_F_DRAIN, agent, 0, NULL) : 0;
 }
 
+static void send_one(struct fleet *f, struct outframe *o)
+{
+	int rc = 0;
+	o->sent = true;
+	switch (o->type) {
+	case EC_F_WORK: {
+		struct ec_frame w;
+		ec_frame_init(&w, EC_F_WORK);
+		w.task_id = o->task;
+		w.attempt = o->attempt;
+		w.lease = o->lease;
+		w.task_type = o->type_name;
+		w.payload = o->payload;
+		w.payload_len = o->payload_len;
+		w.inputs = o->inputs;
+		w.inputs_len = o->inputs_len;
+		w.timeout_ms = o->timeout_ms;
+		rc = link_send_work(f->link, o->agent, &w);
+		if (rc == 0)
+			log_debug("DISPATCH %s lease=%llu -> %s", o->task,
+				  (unsigned long long)o->lease, o->agent);
+		break;
+	}
+	case EC_F_ACK:
+		rc = link_send_ack(f->link, o->agent, o->lease, o->accepted);
+		break;
+	case EC_F_CANCEL:
+		rc = link_send_cancel(f->link, o->agent, o->lease, o->reason);
+		break;
+	case EC_F_DRAIN:
+		rc = link_send_drain(f->link, o->agent);
+		break;
+	}
+	/* A frame that cannot go out is not lost work: the agent is gone or too
+	 * slow, and liveness moves its tasks. */
+	if (rc < 0)
+		log_debug("frame %s to %s not sent: %s", ec_frame_type_name(o->type), o->agent,
+			  ec_strerror(rc));
+}
+
 static void send_frames(struct fleet *f, bool work_only)
 {
 	if (!f->out.n)
@@ -1048,46 +1092,44 @@ static void send_frames(struct fleet *f, bool work_only)
 	link_cork(f->link);
 	for (size_t i = 0; i < f->out.n; i++) {
 		struct outframe *o = &f->out.v[i];
-		int rc = 0;
-		if (o->sent || (work_only && o->type != EC_F_WORK))
-			continue;
-		o->sent = true;
-		switch (o->type) {
-		case EC_F_WORK: {
-			struct ec_frame w;
-			ec_frame_init(&w, EC_F_WORK);
-			w.task_id = o->task;
-			w.attempt = o->attempt;
-			w.lease = o->lease;
-			w.task_type = o->type_name;
-			w.payload = o->payload;
-			w.payload_len = o->payload_len;
-			w.inputs = o->inputs;
-			w.inputs_len = o->inputs_len;
-			w.timeout_ms = o->timeout_ms;
-			rc = link_send_work(f->link, o->agent, &w);
-			if (rc == 0)
-				log_debug("DISPATCH %s lease=%llu -> %s", o->task,
-					  (unsigned long long)o->lease, o->agent);
-			break;
-		}
-		case EC_F_ACK:
-			rc = link_send_ack(f->link, o->agent, o->lease, o->accepted);
-			break;
-		case EC_F_CANCEL:
-			rc = link_send_cancel(f->link, o->agent, o->lease, o->reason);
-			break;
-		case EC_F_DRAIN:
-			rc = link_send_drain(f->link, o->agent);
-			break;
-		}
-		/* A frame that cannot go out is not lost work: the agent is gone or
-		 * too slow, and liveness moves its tasks. */
-		if (rc < 0)
-			log_debug("frame %s to %s not sent: %s", ec_frame_type_name(o->type),
-				  o->agent, ec_strerror(rc));
+		if (!o->sent && (!work_only || o->type == EC_F_WORK))
+			send_one(f, o);
 	}
 	link_uncork(f->link);
+}
+
+/* Committed: work not sent yet goes now; the rest waits until durable. */
+static void keep_frames(struct fleet *f)
+{
+	send_frames(f, true);
+	uint64_t gen = store_written(f->st);
+	for (size_t i = 0; i < f->out.n; i++) {
+		struct outframe *o = &f->out.v[i], *h;
+		if (o->sent)
+			continue;
+		if (VEC_PUSH(f->held, h) < 0) {
+			send_one(f, o); /* no room to wait: a frame lost is not lost work */
+			continue;
+		}
+		*h = *o;
+		h->payload = h->inputs = NULL; /* not work: none; out keeps ownership */
+		h->gen = gen;
+	}
+}
+
+static void hook_durable(void *arg)
+{
+	struct fleet *f = arg;
+	uint64_t dur = store_durable(f->st);
+	size_t k = 0;
+	if (!f->held.n || f->held.v[0].gen > dur)
+		return;
+	link_cork(f->link);
+	while (k < f->held.n && f->held.v[k].gen <= dur)
+		send_one(f, &f->held.v[k++]);
+	link_uncork(f->link);
+	memmove(f->held.v, f->held.v + k, (f->held.n - k) * sizeof *f->held.v);
+	f->held.n -= k;
 }
 
 static void hook_committed(int rc, void *arg)
@@ -1132,7 +1174,7 @@ static void hook_committed(int rc, void *arg)
 			sched_task_finished(f->sc, d->agent, d->type, SCHED_OUT_ABORT, 0,
 					    f->now_mono);
 	}
-	send_frames(f, false);
+	keep_frames(f);
 	f->deadline_ended += f->turn_deadline_ended;
 	f->deadline_met += f->turn_deadline_met;
 	if (f->npicks)
@@ -1170,6 +1212,7 @@ void fleet_coord_hooks(struct fleet *f, struct coord_hooks *h)
 		.event = hook_event,
 		.control = hook_control,
 		.committed = hook_committed,
+		.durable = hook_durable,
 	};
 }
 
@@ -1352,6 +1395,7 @@ void fleet_free(struct fleet *f)
 	free(f->runs.v);
 	free(f->evs.v);
 	free(f->out.v);
+	free(f->held.v);
 	free(f->unready.v);
 	free(f);
 }

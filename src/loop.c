@@ -58,6 +58,8 @@ struct loop {
 	void *due_arg;
 	loop_cb before_sleep;
 	void *before_arg;
+	loop_cb idle;
+	void *idle_arg;
 };
 
 static int64_t clock_ms(clockid_t id)
@@ -242,6 +244,12 @@ void loop_set_due(struct loop *l, loop_due_fn due, loop_cb on_due, void *arg)
 	l->due_arg = arg;
 }
 
+void loop_set_idle(struct loop *l, loop_cb cb, void *arg)
+{
+	l->idle = cb;
+	l->idle_arg = arg;
+}
+
 void loop_set_before_sleep(struct loop *l, loop_cb cb, void *arg)
 {
 	l->before_sleep = cb;
@@ -314,7 +322,12 @@ static int turn(struct loop *l)
 
 	if (l->before_sleep)
 		l->before_sleep(l, l->before_arg);
-	n = epoll_wait(l->epfd, ev, MAX_EVENTS, wait_ms(l));
+	int ms = wait_ms(l);
+	n = epoll_wait(l->epfd, ev, MAX_EVENTS, l->idle && ms ? 0 : ms);
+	if (n == 0 && l->idle && ms) { /* nothing ready: idle, then wait */
+		l->idle(l, l->idle_arg);
+		n = epoll_wait(l->epfd, ev, MAX_EVENTS, wait_ms(l));
+	}
 	l->turns++;
 	l->now_ms = loop_now_ms();
 	if (n < 0) {

@@ -10,8 +10,11 @@
  * before-sleep hook runs every turn just before the loop may block: the
  * daemon commits the turn's batch and flushes the outbox there.
  *
- * One turn:  before_sleep -> wait (up to next due) -> fd callbacks, wake,
- *            signals -> on_due if due.
+ * An idle hook runs when the loop would block: nothing is ready and nothing
+ * is due (the daemon makes its last commit durable there).
+ *
+ * One turn:  before_sleep -> [idle, if nothing is ready] -> wait (up to next
+ *            due) -> fd callbacks, wake, signals -> on_due if due.
  *
  * Threads: every function runs on the loop's thread except loop_wake() and
  * loop_stop(), which any thread may call. Signals: loop_open() blocks
@@ -72,6 +75,7 @@ void loop_on_signal(struct loop *l, loop_signal_cb cb, void *arg);
  * DUE's time has come. Either may be NULL. */
 void loop_set_due(struct loop *l, loop_due_fn due, loop_cb on_due, void *arg);
 void loop_set_before_sleep(struct loop *l, loop_cb cb, void *arg);
+void loop_set_idle(struct loop *l, loop_cb cb, void *arg);
 
 /* Runs turns until loop_stop() (one called before returns at once). Returns
  * 0, or -errno if epoll fails. */

@@ -5,8 +5,10 @@
  *   args -> config -> log -> store -> loop -> coord -> mqtt -> run -> teardown.
  *
  * The loop's before-sleep step is where durability happens: everything that
- * arrived in the turn is committed in one transaction (coord_flush), and only
- * then are the inbound messages acknowledged to the broker.
+ * arrived in the turn is committed in one transaction (coord_flush). The
+ * store leaves each commit's meta page to the next commit's sync (lazy_meta),
+ * so what a commit lets out (PUBACKs, statuses, frames) leaves with the next
+ * commit, or with coord_sync() when the loop finds nothing more to do.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -86,6 +88,12 @@ static int io_publish(void *arg, uint64_t seq, const char *topic, const uint8_t 
 	return mqtt_publish(d->mqtt, &p);
 }
 
+static void io_settle(void *arg, void *user, bool ack)
+{
+	struct daemon *d = arg;
+	mqtt_inbound_done(d->mqtt, user, ack);
+}
+
 static bool io_can_publish(void *arg)
 {
 	struct daemon *d = arg;
@@ -145,16 +153,30 @@ static void before_sleep(struct loop *l, void *arg)
 			.oversize = m->oversize,
 		};
 	}
-	for (i = 0; i < d->npending; i++)
-		if (coord_push(d->coord, &d->cmsgs[i]) < 0)
-			break; /* not pushed: ack stays false, redelivered */
-	coord_flush(d->coord, loop_realtime_ms());
-	for (i = 0; i < d->npending; i++)
-		mqtt_inbound_done(d->mqtt, d->cmsgs[i].user, d->cmsgs[i].ack);
+	size_t pushed = 0;
+	while (pushed < d->npending && coord_push(d->coord, &d->cmsgs[pushed]) == 0)
+		pushed++;
+	for (i = pushed; i < d->npending; i++) /* not pushed: redelivered */
+		mqtt_inbound_done(d->mqtt, d->cmsgs[i].user, false);
+	coord_flush(d->coord, loop_realtime_ms()); /* settles the pushed ones */
 	d->pending = NULL;
 	d->npending = 0;
 	/* Everything this turn published (outbox drain, statuses) and the
 	 * PUBACKs of what it committed leave in one write. */
+	if (d->mqtt)
+		mqtt_flush(d->mqtt);
+}
+
+/* Nothing more to do this instant: make the last commit durable, so that what
+ * it holds back leaves before the loop sleeps. */
+static void on_idle(struct loop *l, void *arg)
+{
+	struct daemon *d = arg;
+	(void)l;
+	if (!coord_unsynced(d->coord))
+		return;
+	if (coord_sync(d->coord) < 0)
+		return; /* logged; the next commit's sync covers it */
 	if (d->mqtt)
 		mqtt_flush(d->mqtt);
 }
@@ -490,6 +512,7 @@ static void flush_before_exit(struct daemon *d)
 	while (loop_now_ms() < until) {
 		on_mqtt(d->loop, mqtt_fd(d->mqtt), LOOP_READ, d);
 		before_sleep(d->loop, d);
+		on_idle(d->loop, d);
 		if (coord_outbox_len(d->coord) == 0 && mqtt_inflight(d->mqtt) == 0)
 			break;
 		usleep(10000);
@@ -540,6 +563,7 @@ int main(int argc, char **argv)
 		.dir = d.cfg.coordinator.data_dir,
 		.map_size = (size_t)d.cfg.coordinator.map_size_bytes,
 		.max_map_size = (size_t)d.cfg.coordinator.max_map_size_bytes,
+		.lazy_meta = true, /* coord holds what a commit lets out (coord.h) */
 	};
 	rc = store_open(&so, &d.store);
 	if (rc < 0) {
@@ -553,6 +577,7 @@ int main(int argc, char **argv)
 	}
 	loop_on_signal(d.loop, on_signal, &d);
 	loop_set_before_sleep(d.loop, before_sleep, &d);
+	loop_set_idle(d.loop, on_idle, &d);
 
 	struct coord_opts co = {
 		.prefix = d.cfg.mqtt.topic_prefix,
@@ -563,7 +588,8 @@ int main(int argc, char **argv)
 		.keep_final_ms = d.cfg.coordinator.keep_final_s * 1000,
 	};
 	config_limits(&d.cfg, &co.limits);
-	struct coord_io io = { .publish = io_publish, .can_publish = io_can_publish, .arg = &d };
+	struct coord_io io = { .publish = io_publish, .can_publish = io_can_publish,
+			       .settle = io_settle, .arg = &d };
 	rc = coord_new(d.store, &co, &io, &d.coord);
 	if (rc < 0)
 		goto out_loop;

@@ -70,8 +70,9 @@ struct meta {
 struct store {
 	MDB_env *env;
 	MDB_dbi dbi[DB__COUNT];
-	bool read_only;
+	bool read_only, lazy_meta;
 	size_t map_size, max_map_size;
+	uint64_t written, durable; /* txn ids: store_written(), store_durable() */
 	uint64_t lease_floor;     /* store_lease_floor() */
 	char prune_at[TASK_FULLID_MAX + 2]; /* store_prune() goes on from this key */
 	size_t prune_len;
@@ -941,10 +942,14 @@ int store_open(const struct store_opts *o, struct store **out)
 	}
 	mdb_env_set_maxdbs(s->env, DB__COUNT);
 	mdb_env_set_mapsize(s->env, s->map_size);
-	/* Durable defaults on purpose: no NOSYNC/NOMETASYNC, an acknowledged
-	 * task must survive power loss. NOTLS: read txns are not tied to a
-	 * thread slot, so a read may run while another is open. */
-	rc = mdb_env_open(s->env, o->dir, MDB_NOTLS | (o->read_only ? MDB_RDONLY : 0), 0600);
+	/* Never NOSYNC: an acknowledged task must survive power loss. With
+	 * NOMETASYNC (lazy_meta) the caller holds what a commit lets out until
+	 * the next sync (store.h). NOTLS: read txns are not tied to a thread
+	 * slot, so a read may run while another is open. */
+	s->lazy_meta = o->lazy_meta && !o->read_only;
+	rc = mdb_env_open(s->env, o->dir,
+			  MDB_NOTLS | (o->read_only ? MDB_RDONLY : 0) |
+			  (s->lazy_meta ? MDB_NOMETASYNC : 0), 0600);
 	if (rc) {
 		log_warnx("STORE-OPEN %s: %s", o->dir, mdb_strerror(rc));
 		rc = rc > 0 ? -rc : EC_ESTORE;
@@ -975,10 +980,14 @@ int store_open(const struct store_opts *o, struct store **out)
 	}
 	rc = mdb_txn_commit(txn);
 	txn = NULL;
+	if (rc == 0 && s->lazy_meta)
+		rc = mdb_env_sync(s->env, 1); /* what we open with is durable */
 	if (rc) {
 		rc = EC_ESTORE;
 		goto fail;
 	}
+	mdb_env_info(s->env, &info);
+	s->written = s->durable = info.me_last_txnid;
 	*out = s;
 	return 0;
 fail:
@@ -994,6 +1003,7 @@ void store_close(struct store *s)
 {
 	if (!s)
 		return;
+	store_sync(s);
 	mdb_env_close(s->env);
 	free(s);
 }
@@ -1028,6 +1038,41 @@ static void txn_fini(struct store_txn *t)
 	free(t->dirty_wf);
 }
 
+uint64_t store_written(const struct store *s)
+{
+	return s->written;
+}
+
+uint64_t store_durable(const struct store *s)
+{
+	return s->durable;
+}
+
+int store_sync(struct store *s)
+{
+	if (s->durable == s->written)
+		return 0;
+	int rc = mdb_env_sync(s->env, 1);
+	if (rc) {
+		log_warnx("STORE-SYNC %s", mdb_strerror(rc));
+		return EC_ESTORE;
+	}
+	s->durable = s->written;
+	return 0;
+}
+
+/* After a commit: LMDB skips a transaction that changed nothing (no new id,
+ * no sync). Otherwise its data sync also flushed the meta page the commit
+ * before left unsynced. */
+static void committed(struct store *s)
+{
+	MDB_envinfo info;
+	if (mdb_env_info(s->env, &info) != 0 || info.me_last_txnid == s->written)
+		return;
+	s->durable = s->lazy_meta ? s->written : info.me_last_txnid;
+	s->written = info.me_last_txnid;
+}
+
 int store_write(struct store *s, store_txn_fn fn, void *arg)
 {
 	if (s->read_only)
@@ -1046,12 +1091,15 @@ int store_write(struct store *s, store_txn_fn fn, void *arg)
 		if (rc == 0 && !t.map_full)
 			rc = meta_flush(&t);
 		if (rc == 0 && !t.map_full) {
-			/* One fsync for everything fn did: mdb_txn_commit writes the
-			 * pages, syncs them, then writes and syncs the meta page. */
+			/* One commit for everything fn did: mdb_txn_commit writes the
+			 * pages, syncs them, then writes the meta page and (unless
+			 * lazy_meta) syncs it. */
 			int mrc = mdb_txn_commit(t.txn);
 			txn_fini(&t);
-			if (mrc == 0)
+			if (mrc == 0) {
+				committed(s);
 				return 0;
+			}
 			rc = xl(&t, mrc);
 			if (!t.map_full)
 				return rc;
@@ -2765,6 +2813,19 @@ int store_agents_scan(struct store_txn *t, store_agent_fn fn, void *arg)
 {
 	struct agent_cb cb = { fn, arg };
 	return scan_prefix(t, DB_AGENTS, NULL, 0, scan_agent_cb, &cb);
+}
+
+int store_outbox_last(struct store_txn *t, uint64_t *out)
+{
+	struct meta m; /* not meta_get(): asking must not make the commit write */
+	int rc = 0;
+	if (t->m_loaded)
+		m = *t->m;
+	else
+		rc = meta_read(t, &m);
+	if (rc == 0)
+		*out = m.outbox_seq;
+	return rc;
 }
 
 int store_outbox_count(struct store_txn *t, uint64_t *out)

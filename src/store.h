@@ -16,6 +16,13 @@
  * run again from scratch, so a callback must have no effect outside the
  * transaction until store_write() returned 0.
  *
+ * With lazy_meta (the daemon), a commit syncs its data pages but leaves its
+ * meta page to the next commit's sync or to store_sync(): one device flush
+ * per commit instead of two. A power cut may then undo the last commit, so
+ * nothing about a commit may leave the process before store_durable() has
+ * reached store_written() as it was after that commit (coord.c holds PUBACKs,
+ * outbox rows and agent frames for this).
+ *
  * Every state change goes through store_transition() (or the submit, cancel
  * and retry helpers, which use it), which refuses illegal transitions
  * (task_transition_legal), maintains the state index, per-workflow counts,
@@ -47,6 +54,7 @@ struct store_opts {
 	size_t map_size;        /* initial map size, bytes */
 	size_t max_map_size;    /* the map grows up to this, bytes */
 	bool read_only;         /* edgecoordctl: MDB_RDONLY */
+	bool lazy_meta;         /* MDB_NOMETASYNC: see the file comment */
 };
 
 /* Open (and create or migrate) the environment; clears stale readers.
@@ -67,6 +75,13 @@ typedef int (*store_txn_fn)(struct store_txn *t, void *arg);
  * fn's own non-zero return (the transaction is then aborted), EC_ESTORE_FULL
  * if the map is at max_map_size and still full, or EC_ESTORE. */
 int store_write(struct store *s, store_txn_fn fn, void *arg);
+/* Commits so far, as LMDB transaction ids: the last one written, and the
+ * last one known to survive a power cut (equal unless lazy_meta). A write
+ * that changed nothing commits nothing and moves neither. */
+uint64_t store_written(const struct store *s);
+uint64_t store_durable(const struct store *s);
+/* Make everything written durable (one device flush; none if it already is). */
+int store_sync(struct store *s);
 /* Run fn in a read transaction (a consistent snapshot). */
 int store_read(struct store *s, store_txn_fn fn, void *arg);
 
@@ -268,6 +283,8 @@ typedef int (*store_outbox_fn)(uint64_t seq, const char *topic, const uint8_t *p
 int store_outbox_scan(struct store_txn *t, uint64_t after, store_outbox_fn fn, void *arg);
 int store_outbox_del(struct store_txn *t, uint64_t seq);
 int store_outbox_count(struct store_txn *t, uint64_t *out);
+/* The seq of the last row ever put (0 if none). */
+int store_outbox_last(struct store_txn *t, uint64_t *out);
 
 /* --- Agents ---------------------------------------------------------------- */
 

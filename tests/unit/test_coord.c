@@ -42,6 +42,8 @@ struct fx {
 	size_t window;          /* publishes accepted before "window full" */
 	struct pub pubs[MAXPUB];
 	size_t npubs;
+	struct { void *user; bool ack; } settled[8];
+	size_t nsettled;
 };
 
 static int fake_publish(void *arg, uint64_t seq, const char *topic, const uint8_t *payload,
@@ -61,6 +63,16 @@ static int fake_publish(void *arg, uint64_t seq, const char *topic, const uint8_
 	return 0;
 }
 
+static void fake_settle(void *arg, void *user, bool ack)
+{
+	struct fx *f = arg;
+	if (f->nsettled < 8) {
+		f->settled[f->nsettled].user = user;
+		f->settled[f->nsettled].ack = ack;
+	}
+	f->nsettled++;
+}
+
 static bool fake_can(void *arg)
 {
 	struct fx *f = arg;
@@ -73,17 +85,19 @@ static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ft
 	return remove(p);
 }
 
-static int setup_with(void **state, uint64_t outbox_max)
+static int setup_with(void **state, uint64_t outbox_max, bool lazy)
 {
 	struct fx *f = calloc(1, sizeof *f);
 	snprintf(f->dir, sizeof f->dir, "%s/ec-coord-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
 	assert_non_null(mkdtemp(f->dir));
-	struct store_opts so = { .dir = f->dir, .map_size = 4 << 20, .max_map_size = 64 << 20 };
+	struct store_opts so = { .dir = f->dir, .map_size = 4 << 20, .max_map_size = 64 << 20,
+				 .lazy_meta = lazy };
 	assert_int_equal(store_open(&so, &f->st), 0);
 	struct coord_opts o = { .prefix = "ec", .node_id = "n1", .outbox_max = outbox_max,
 				.status_events = CONFIG_STATUS_MILESTONES };
 	limits_default(&o.limits);
-	struct coord_io io = { .publish = fake_publish, .can_publish = fake_can, .arg = f };
+	struct coord_io io = { .publish = fake_publish, .can_publish = fake_can,
+			       .settle = fake_settle, .arg = f };
 	assert_int_equal(coord_new(f->st, &o, &io, &f->c), 0);
 	f->connected = true;
 	f->window = MAXPUB;
@@ -93,12 +107,17 @@ static int setup_with(void **state, uint64_t outbox_max)
 
 static int setup(void **state)
 {
-	return setup_with(state, 0);
+	return setup_with(state, 0, false);
+}
+
+static int setup_lazy(void **state)
+{
+	return setup_with(state, 0, true);
 }
 
 static int setup_small_outbox(void **state)
 {
-	return setup_with(state, 3);
+	return setup_with(state, 3, false);
 }
 
 static int teardown(void **state)
@@ -339,6 +358,53 @@ static void test_backpressure(void **state)
 	assert_true(send_msg(f, "ec/submit/b", "{\"task_id\":\"b4\",\"type\":\"e\"}", NULL, NULL));
 }
 
+/* With a lazy_meta store, nothing of a commit leaves before it is durable:
+ * neither the ack of its message nor its status rows. The next commit makes
+ * it durable, and so does coord_sync(). */
+static void test_held_until_durable(void **state)
+{
+	struct fx *f = *state;
+	char u1, u2;
+	struct coord_msg m1 = { .topic = "ec/submit/d", .user = &u1,
+				.payload = (const uint8_t *)"{\"task_id\":\"h1\",\"type\":\"x\"}" };
+	struct coord_msg m2 = { .topic = "ec/submit/d", .user = &u2,
+				.payload = (const uint8_t *)"{\"task_id\":\"h2\",\"type\":\"x\"}" };
+	m1.len = strlen((const char *)m1.payload);
+	m2.len = strlen((const char *)m2.payload);
+
+	assert_int_equal(coord_push(f->c, &m1), 0);
+	assert_int_equal(coord_flush(f->c, 1000), 0);
+	assert_true(m1.ack);                    /* committed ... */
+	assert_int_equal(f->nsettled, 0);       /* ... but not durable: held */
+	assert_int_equal(f->npubs, 0);
+	assert_true(coord_unsynced(f->c));
+
+	assert_int_equal(coord_push(f->c, &m2), 0);
+	assert_int_equal(coord_flush(f->c, 1000), 0);
+	assert_int_equal(f->nsettled, 1);       /* m1's commit is durable now */
+	assert_ptr_equal(f->settled[0].user, &u1);
+	assert_true(f->settled[0].ack);
+	assert_non_null(find(f, "ec/tasks/h1/status", "accepted"));
+	assert_null(find(f, "ec/tasks/h2/status", NULL));
+
+	assert_int_equal(coord_sync(f->c), 0);
+	assert_false(coord_unsynced(f->c));
+	assert_int_equal(f->nsettled, 2);
+	assert_ptr_equal(f->settled[1].user, &u2);
+	assert_true(f->settled[1].ack);
+	assert_non_null(find(f, "ec/tasks/h2/status", "accepted"));
+}
+
+/* Without lazy_meta every message is settled by the flush that commits it. */
+static void test_settled_at_commit(void **state)
+{
+	struct fx *f = *state;
+	assert_true(send_msg(f, "ec/submit/d", "{\"task_id\":\"s1\",\"type\":\"x\"}", NULL, NULL));
+	assert_int_equal(f->nsettled, 1);
+	assert_true(f->settled[0].ack);
+	assert_false(coord_unsynced(f->c));
+}
+
 static void test_bad_source(void **state)
 {
 	struct fx *f = *state;
@@ -366,6 +432,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_outbox_drain, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_backpressure, setup_small_outbox, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_source, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_held_until_durable, setup_lazy, teardown),
+		cmocka_unit_test_setup_teardown(test_settled_at_commit, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -314,6 +314,41 @@ static int dispatch_then_fail(struct store_txn *t, void *arg)
 	return rc ? rc : EC_ESTORE; /* as if the commit had failed */
 }
 
+static int write_nothing(struct store_txn *t, void *arg)
+{
+	(void)t, (void)arg;
+	return 0;
+}
+
+/* lazy_meta: a commit is durable once the next one (or store_sync) synced;
+ * without it, at once. A write that changes nothing moves neither. */
+static void test_lazy_meta(void **state)
+{
+	struct fx *f = *state;
+	add_task(f->s, "a", NULL);
+	assert_true(store_durable(f->s) == store_written(f->s)); /* not lazy */
+	store_close(f->s);
+
+	struct store_opts o = { .dir = f->dir, .map_size = 8 << 20, .max_map_size = 256 << 20,
+				.lazy_meta = true };
+	assert_int_equal(store_open(&o, &f->s), 0);
+	uint64_t w0 = store_written(f->s);
+	assert_true(store_durable(f->s) == w0); /* what it opened with */
+	add_task(f->s, "b", NULL);
+	uint64_t w1 = store_written(f->s);
+	assert_true(w1 > w0);
+	assert_true(store_durable(f->s) == w0);
+	assert_int_equal(store_write(f->s, write_nothing, NULL), 0);
+	assert_true(store_written(f->s) == w1 && store_durable(f->s) == w0);
+	add_task(f->s, "c", NULL);
+	assert_true(store_written(f->s) > w1);
+	assert_true(store_durable(f->s) == w1); /* its sync took b's meta along */
+	assert_int_equal(store_sync(f->s), 0);
+	assert_true(store_durable(f->s) == store_written(f->s));
+	assert_int_equal(store_sync(f->s), 0); /* nothing to do */
+	assert_int_equal(tu_state(f->s, "c"), TS_READY);
+}
+
 static void test_leases_never_reused(void **state)
 {
 	struct fx *f = *state;
@@ -1699,6 +1734,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_store_full),
 		cmocka_unit_test_setup_teardown(test_read_only_beside_writer, setup, teardown),
 		cmocka_unit_test(test_open_errors),
+		cmocka_unit_test_setup_teardown(test_lazy_meta, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
