@@ -33,7 +33,7 @@ enum {
 	DB_META,     /* "schema" -> u32 LE; "ctr" -> counters (struct meta) */
 	DB_TASKS,    /* full id -> task record */
 	DB_RDEPS,    /* dupsort: upstream id -> dependent id */
-	DB_STATE,    /* [u8 state][id] -> "" */
+	DB_STATE,    /* [u8 state][id] -> "", dispatched and running only */
 	DB_READY,    /* [u8 priority][u64 BE seq] -> [i64 BE ready_ms][id] */
 	DB_TIMERS,   /* [u64 BE due^sign][u8 kind][id] -> "" */
 	DB_RESULTS,  /* id -> result record */
@@ -527,6 +527,25 @@ static int trec_encode(const struct trec *t, struct wbuf *w)
 	return w->err;
 }
 
+/* The state index holds the tasks at an agent (dispatched, running): what
+ * recovery and a reconnecting agent look up. A task elsewhere is found by a
+ * scan of the tasks table (edgecoordctl), so that the other transitions, most
+ * of a task's, write no index page (schema 3; before, every state was). */
+static bool state_indexed(enum task_state st)
+{
+	return st == TS_DISPATCHED || st == TS_RUNNING;
+}
+
+/* A task record's state without decoding it: it follows the spec. */
+static int record_state(const MDB_val *v)
+{
+	struct rbuf r = { v->mv_data, (const uint8_t *)v->mv_data + v->mv_size, false };
+	r_u8(&r); /* version (trec_decode) */
+	r_take(&r, r_var(&r)); /* spec */
+	uint8_t st = r_u8(&r);
+	return r.bad ? -1 : st;
+}
+
 static int trec_decode(const MDB_val *v, struct trec *t)
 {
 	struct rbuf r = { v->mv_data, (const uint8_t *)v->mv_data + v->mv_size, false };
@@ -872,37 +891,71 @@ static int open_dbis(struct store *s, MDB_txn *txn, bool create)
 	return 0;
 }
 
+/* Schema 2 -> 3: the state index keeps only the tasks at an agent. Rebuilt
+ * from the task records, in the open transaction. */
+static int rebuild_state_index(struct store *s, MDB_txn *txn, size_t *kept)
+{
+	MDB_cursor *c;
+	MDB_val k, v;
+	uint8_t key[9 + TASK_FULLID_MAX];
+	int rc = mdb_drop(txn, s->dbi[DB_STATE], 0);
+	if (rc == 0)
+		rc = mdb_cursor_open(txn, s->dbi[DB_TASKS], &c);
+	if (rc)
+		return EC_ESTORE;
+	*kept = 0;
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		int st = record_state(&v);
+		if (st < 0 || k.mv_size > TASK_FULLID_MAX) {
+			rc = EC_ESTORE;
+			break;
+		}
+		if (!state_indexed(st))
+			continue;
+		key[0] = (uint8_t)st;
+		memcpy(key + 1, k.mv_data, k.mv_size);
+		MDB_val sk = mv(key, k.mv_size + 1), sv = mv("", 0);
+		if ((rc = mdb_put(txn, s->dbi[DB_STATE], &sk, &sv, 0)) != 0)
+			break;
+		(*kept)++;
+	}
+	mdb_cursor_close(c);
+	return rc == MDB_NOTFOUND ? 0 : EC_ESTORE;
+}
+
+/* Older schemas are read as they are (read-only) or upgraded in the open
+ * transaction:
+ * - 1 kept every history event in the history table; from 2 on a task
+ *   record carries its own. Nothing is rewritten: a schema-1 record keeps
+ *   its rows until the task is pruned, and its new events go into the record.
+ * - up to 2 the state index held every task; from 3 only those at an agent.
+ *   A reader finds the other states by a scan either way. */
 static int check_schema(struct store *s, MDB_txn *txn, bool create)
 {
 	MDB_val k = mv("schema", 6), v;
+	uint8_t b[4] = { STORE_SCHEMA_VERSION, 0, 0, 0 };
+	MDB_val nv = mv(b, 4);
 	int rc = mdb_get(txn, s->dbi[DB_META], &k, &v);
-	if (rc == MDB_NOTFOUND && create) {
-		uint8_t b[4] = { STORE_SCHEMA_VERSION, 0, 0, 0 };
-		MDB_val nv = mv(b, 4);
+	if (rc == MDB_NOTFOUND && create)
 		return mdb_put(txn, s->dbi[DB_META], &k, &nv, 0) ? EC_ESTORE : 0;
-	}
 	if (rc || v.mv_size != 4)
 		return EC_ESTORE;
 	const uint8_t *p = v.mv_data;
 	uint32_t ver = p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
-	if (ver == 1) {
-		/* Schema 1 kept every history event in the history table; from 2
-		 * on a task record carries its own. Nothing is rewritten now: a
-		 * schema-1 record keeps its rows until the task is pruned, and its
-		 * new events go into the record. */
-		if (!create)
-			return 0;
-		uint8_t b[4] = { STORE_SCHEMA_VERSION, 0, 0, 0 };
-		MDB_val nv = mv(b, 4);
-		log_info("STORE-SCHEMA upgraded from 1 to %u", STORE_SCHEMA_VERSION);
-		return mdb_put(txn, s->dbi[DB_META], &k, &nv, 0) ? EC_ESTORE : 0;
-	}
-	if (ver != STORE_SCHEMA_VERSION) {
+	if (ver < 1 || ver > STORE_SCHEMA_VERSION) {
 		log_warnx("STORE-SCHEMA version %u, this build knows %u", ver,
 			  STORE_SCHEMA_VERSION);
 		return EC_ESTORE;
 	}
-	return 0;
+	if (ver == STORE_SCHEMA_VERSION || !create)
+		return 0;
+	size_t kept;
+	if (rebuild_state_index(s, txn, &kept) < 0)
+		return EC_ESTORE;
+	log_info("STORE-SCHEMA upgraded from %u to %u (state index: %zu task(s) at agents)", ver,
+		 STORE_SCHEMA_VERSION, kept);
+	return mdb_put(txn, s->dbi[DB_META], &k, &nv, 0) ? EC_ESTORE : 0;
 }
 
 /* Leases the last run may have sent before their dispatch committed are
@@ -1050,7 +1103,7 @@ uint64_t store_durable(const struct store *s)
 
 int store_sync(struct store *s)
 {
-	if (s->durable == s->written)
+	if (store_durable(s) == s->written)
 		return 0;
 	int rc = mdb_env_sync(s->env, 1);
 	if (rc) {
@@ -1390,8 +1443,8 @@ static int apply(struct store_txn *t, struct trec *x, enum task_state to,
 		return EC_EILLEGAL;
 	if ((rc = meta_get(t, &m)) < 0)
 		return rc;
-	if ((rc = db_del(t, DB_STATE, k, state_key(k, from, id))) < 0 ||
-	    (rc = db_put(t, DB_STATE, k, state_key(k, to, id), "", 0, 0)) < 0)
+	if ((state_indexed(from) && (rc = db_del(t, DB_STATE, k, state_key(k, from, id))) < 0) ||
+	    (state_indexed(to) && (rc = db_put(t, DB_STATE, k, state_key(k, to, id), "", 0, 0)) < 0))
 		return rc;
 	m->counts[from]--;
 	m->counts[to]++;
@@ -2031,7 +2084,6 @@ static int insert_task(struct store_txn *t, struct submit_ctx *c, const struct t
 {
 	struct trec x;
 	struct meta *m;
-	uint8_t k[9 + TASK_FULLID_MAX];
 	struct wbuf w = { 0 };
 	int rc;
 
@@ -2055,8 +2107,6 @@ static int insert_task(struct store_txn *t, struct submit_ctx *c, const struct t
 	if ((rc = meta_get(t, &m)) < 0)
 		goto out;
 	m->counts[TS_ACCEPTED]++;
-	if ((rc = db_put(t, DB_STATE, k, state_key(k, TS_ACCEPTED, s->id), "", 0, 0)) < 0)
-		goto out;
 	if (s->deadline_ms) {
 		if ((rc = timer_set(t, s->deadline_ms, TIMER_DEADLINE, s->id)) < 0)
 			goto out;
@@ -2241,7 +2291,6 @@ static int task_drop(struct store_txn *t, const struct trec *x)
 	int rc;
 	if ((rc = meta_get(t, &m)) < 0 || /* only now: a scan that deletes nothing writes nothing */
 	    (rc = db_del(t, DB_TASKS, id, idl)) < 0 ||
-	    (rc = db_del(t, DB_STATE, k, state_key(k, x->r.state, id))) < 0 ||
 	    (rc = db_del(t, DB_RESULTS, id, idl)) < 0 ||
 	    (rc = db_del(t, DB_RDEPS, id, idl)) < 0)
 		return rc;
@@ -2445,12 +2494,19 @@ static int scan_prefix(struct store_txn *t, int db, const void *prefix, size_t p
 struct task_cb {
 	store_task_fn fn;
 	void *arg;
+	int state;                      /* scan_unindexed_cb */
 };
 
 static int scan_tasks_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v, void *arg)
 {
 	struct task_cb *cb = arg;
 	return call_task(t, v, cb->fn, cb->arg);
+}
+
+static int scan_unindexed_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v, void *arg)
+{
+	struct task_cb *cb = arg;
+	return record_state(v) == cb->state ? call_task(t, v, cb->fn, cb->arg) : 0;
 }
 
 static int scan_state_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v, void *arg)
@@ -2465,11 +2521,13 @@ static int scan_state_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v
 
 int store_tasks_scan(struct store_txn *t, int state, store_task_fn fn, void *arg)
 {
-	struct task_cb cb = { fn, arg };
+	struct task_cb cb = { fn, arg, state };
 	if (state < 0)
 		return scan_prefix(t, DB_TASKS, NULL, 0, scan_tasks_cb, &cb);
 	if (state >= TS__COUNT)
 		return -EINVAL;
+	if (!state_indexed(state))
+		return scan_prefix(t, DB_TASKS, NULL, 0, scan_unindexed_cb, &cb);
 	uint8_t p = (uint8_t)state;
 	return scan_prefix(t, DB_STATE, &p, 1, scan_state_cb, &cb);
 }
@@ -2478,7 +2536,7 @@ int store_workflow_steps(struct store_txn *t, const char *wf, store_task_fn fn, 
 {
 	char prefix[TASK_ID_MAX + 2];
 	size_t pl = (size_t)snprintf(prefix, sizeof prefix, "%s:", wf);
-	struct task_cb cb = { fn, arg };
+	struct task_cb cb = { fn, arg, -1 };
 	return scan_prefix(t, DB_TASKS, prefix, pl, scan_tasks_cb, &cb);
 }
 
@@ -2577,7 +2635,7 @@ static int scan_dead_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v,
 
 int store_dead_scan(struct store_txn *t, store_task_fn fn, void *arg)
 {
-	struct task_cb cb = { fn, arg };
+	struct task_cb cb = { fn, arg, -1 };
 	return scan_prefix(t, DB_DEAD, NULL, 0, scan_dead_cb, &cb);
 }
 
@@ -2899,7 +2957,7 @@ static int check_task(struct store_txn *t, const MDB_val *kv, const MDB_val *vv,
 		goto out;
 	}
 	k->counts[st]++;
-	if (!has_key(t, DB_STATE, key, state_key(key, st, id), NULL)) {
+	if (state_indexed(st) && !has_key(t, DB_STATE, key, state_key(key, st, id), NULL)) {
 		rc = bad(k, "task %s has no state index entry for %s", id, task_state_name(st));
 		goto out;
 	}
@@ -3097,7 +3155,8 @@ int store_check(struct store_txn *t, char *why, size_t why_len)
 	}
 	/* Each table's entries, against what the task records account for. */
 	const struct { int db; uint64_t want; const char *what; } tables[] = {
-		{ DB_STATE, total, "state index has entries for missing tasks" },
+		{ DB_STATE, k.counts[TS_DISPATCHED] + k.counts[TS_RUNNING],
+		  "state index has entries for tasks not at an agent" },
 		{ DB_RDEPS, k.edges, "rdeps holds edges no task declares" },
 		{ DB_READY, k.ready, "ready queue holds tasks that are not ready" },
 		{ DB_TIMERS, k.timers, "timers table holds timers no task mirrors" },

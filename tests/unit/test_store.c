@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/wait.h>
 #include <cmocka.h>
+#include <lmdb.h>
 
 #include "edgecoord/proto.h"
 #include "store_testutil.h"
@@ -312,6 +313,70 @@ static int dispatch_then_fail(struct store_txn *t, void *arg)
 	struct transition d = { .to = TS_DISPATCHED, .now_ms = tu_now_ms(), .agent = "ag1" };
 	int rc = store_transition(t, "b", &d, arg);
 	return rc ? rc : EC_ESTORE; /* as if the commit had failed */
+}
+
+/* What a schema-2 store had that schema 3 does not: a state index entry for
+ * every task, not only those at an agent. Written with LMDB directly, the
+ * way an older build left it. */
+static void make_schema2(const char *dir, const char *const *ids, const enum task_state *st,
+			 size_t n)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi state, meta;
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 32), 0);
+	assert_int_equal(mdb_env_set_mapsize(env, 8 << 20), 0);
+	assert_int_equal(mdb_env_open(env, dir, MDB_NOTLS, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "state", 0, &state), 0);
+	assert_int_equal(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+	for (size_t i = 0; i < n; i++) {
+		uint8_t k[64];
+		k[0] = (uint8_t)st[i];
+		memcpy(k + 1, ids[i], strlen(ids[i]));
+		MDB_val key = { strlen(ids[i]) + 1, k }, val = { 0, (void *)"" };
+		assert_int_equal(mdb_put(txn, state, &key, &val, 0), 0);
+	}
+	uint8_t ver[4] = { 2, 0, 0, 0 };
+	MDB_val key = { 6, (void *)"schema" }, val = { 4, ver };
+	assert_int_equal(mdb_put(txn, meta, &key, &val, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+}
+
+/* Schema 2 -> 3: the state index keeps the tasks at an agent only; every
+ * state is still found, read-only before the upgrade and after it. */
+static void test_upgrade_state_index(void **state)
+{
+	struct fx *f = *state;
+	static const char *const ids[] = { "r", "d", "u", "s" };
+	static const enum task_state st[] = { TS_READY, TS_DISPATCHED, TS_RUNNING,
+					      TS_SUCCEEDED };
+	uint64_t lease = 0, lu = 0;
+	for (size_t i = 0; i < 4; i++)
+		add_task(f->s, ids[i], NULL);
+	assert_int_equal(tu_move(f->s, "d", TS_DISPATCHED, 0, &lease), 0);
+	assert_int_equal(tu_move(f->s, "u", TS_DISPATCHED, 0, &lu), 0);
+	assert_int_equal(tu_move(f->s, "u", TS_RUNNING, lu, NULL), 0);
+	assert_int_equal(tu_move(f->s, "s", TS_DISPATCHED, 0, &lease), 0);
+	assert_int_equal(tu_move(f->s, "s", TS_RUNNING, lease, NULL), 0);
+	assert_int_equal(tu_move(f->s, "s", TS_SUCCEEDED, lease, NULL), 0);
+	store_close(f->s);
+	make_schema2(f->dir, ids, st, 4);
+
+	struct store *ro = open_at(f->dir, 8 << 20, 256 << 20, true);
+	for (size_t i = 0; i < 4; i++)
+		assert_true(indexed_as(ro, ids[i], st[i]));
+	store_close(ro);
+
+	f->s = open_at(f->dir, 8 << 20, 256 << 20, false);
+	assert_int_equal(tu_check(f->s), 0); /* fails if r and s kept their entries */
+	for (size_t i = 0; i < 4; i++)
+		assert_true(indexed_as(f->s, ids[i], st[i]));
+	assert_false(indexed_as(f->s, "r", TS_SUCCEEDED));
+	assert_int_equal(tu_move(f->s, "u", TS_SUCCEEDED, lu, NULL), 0);
+	assert_int_equal(tu_check(f->s), 0);
 }
 
 static int write_nothing(struct store_txn *t, void *arg)
@@ -1735,6 +1800,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_read_only_beside_writer, setup, teardown),
 		cmocka_unit_test(test_open_errors),
 		cmocka_unit_test_setup_teardown(test_lazy_meta, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_upgrade_state_index, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
