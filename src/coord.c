@@ -570,7 +570,18 @@ int coord_sync(struct coord *c)
 	return rc;
 }
 
-bool coord_unsynced(const struct coord *c)
+int coord_sync_later(struct coord *c)
+{
+	return store_sync_background(c->st);
+}
+
+void coord_synced(struct coord *c)
+{
+	release(c);
+	drain(c);
+}
+
+bool coord_unsynced(struct coord *c)
 {
 	return store_durable(c->st) != store_written(c->st);
 }

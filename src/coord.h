@@ -12,9 +12,9 @@
  * caused it is durable (DESIGN 2: a submission the broker accepted is never
  * lost; a status or result is never published for a change a power cut could
  * undo). With a lazy_meta store a commit becomes durable with the next one
- * or with coord_sync(), which the loop calls before it would sleep: until
- * then the PUBACKs, the outbox rows and (hooks.durable) the fleet's frames of
- * that commit wait.
+ * or with a flush the loop asks for when it has nothing to do
+ * (coord_sync_later): until then the PUBACKs, the outbox rows and
+ * (hooks.durable) the fleet's frames of that commit wait.
  *
  * It does no socket I/O itself: the MQTT side is reached through the
  * coord_io callbacks, so tests can drive it with a store and no broker.
@@ -124,11 +124,16 @@ void coord_resend_all(struct coord *c);
  * the oldest has waited a while: coord_next_due() says when. */
 int coord_flush(struct coord *c, int64_t now_ms);
 
-/* Make the last commit durable and let out what waited for it (the loop's
- * step before it sleeps). 0, or the store's error. */
+/* Make the last commit durable and let out what waited for it (shutdown).
+ * 0, or the store's error. */
 int coord_sync(struct coord *c);
+/* The same without waiting (the loop's step when it has nothing to do):
+ * the store flushes on a thread of its own and notifies (loop_wake), and
+ * coord_synced() then lets out what waited. */
+int coord_sync_later(struct coord *c);
+void coord_synced(struct coord *c);
 /* Whether a commit waits for coord_sync(). */
-bool coord_unsynced(const struct coord *c);
+bool coord_unsynced(struct coord *c);
 /* When (in coord_flush's clock) delivered rows are due for deletion, or -1. */
 int64_t coord_next_due(const struct coord *c);
 

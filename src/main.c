@@ -8,7 +8,8 @@
  * arrived in the turn is committed in one transaction (coord_flush). The
  * store leaves each commit's meta page to the next commit's sync (lazy_meta),
  * so what a commit lets out (PUBACKs, statuses, frames) leaves with the next
- * commit, or with coord_sync() when the loop finds nothing more to do.
+ * commit, or after the flush the store makes on its own thread when the loop
+ * finds nothing more to do (on_idle, then on_wake).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -167,16 +168,28 @@ static void before_sleep(struct loop *l, void *arg)
 		mqtt_flush(d->mqtt);
 }
 
-/* Nothing more to do this instant: make the last commit durable, so that what
- * it holds back leaves before the loop sleeps. */
+/* Nothing more to do this instant: the store flushes the last commit on its
+ * thread while the loop waits for more (whose commit would flush it too). */
 static void on_idle(struct loop *l, void *arg)
 {
 	struct daemon *d = arg;
 	(void)l;
-	if (!coord_unsynced(d->coord))
-		return;
-	if (coord_sync(d->coord) < 0)
-		return; /* logged; the next commit's sync covers it */
+	if (coord_unsynced(d->coord))
+		coord_sync_later(d->coord); /* on failure the next commit's flush covers it */
+}
+
+/* On the store's thread: a flush is done. */
+static void synced_elsewhere(void *arg)
+{
+	loop_wake(arg);
+}
+
+/* Back on the loop: let out what the flush made durable. */
+static void on_wake(struct loop *l, void *arg)
+{
+	struct daemon *d = arg;
+	(void)l;
+	coord_synced(d->coord);
 	if (d->mqtt)
 		mqtt_flush(d->mqtt);
 }
@@ -512,7 +525,8 @@ static void flush_before_exit(struct daemon *d)
 	while (loop_now_ms() < until) {
 		on_mqtt(d->loop, mqtt_fd(d->mqtt), LOOP_READ, d);
 		before_sleep(d->loop, d);
-		on_idle(d->loop, d);
+		if (coord_sync(d->coord) == 0 && d->mqtt)
+			mqtt_flush(d->mqtt);
 		if (coord_outbox_len(d->coord) == 0 && mqtt_inflight(d->mqtt) == 0)
 			break;
 		usleep(10000);
@@ -578,6 +592,8 @@ int main(int argc, char **argv)
 	loop_on_signal(d.loop, on_signal, &d);
 	loop_set_before_sleep(d.loop, before_sleep, &d);
 	loop_set_idle(d.loop, on_idle, &d);
+	loop_on_wake(d.loop, on_wake, &d);
+	store_set_sync_notify(d.store, synced_elsewhere, d.loop);
 
 	struct coord_opts co = {
 		.prefix = d.cfg.mqtt.topic_prefix,
@@ -630,6 +646,7 @@ out_fleet:
 	coord_free(d.coord);
 out_loop:
 	free(d.cmsgs);
+	store_set_sync_notify(d.store, NULL, NULL); /* its thread wakes the loop */
 	loop_close(d.loop);
 out_store:
 	store_close(d.store);

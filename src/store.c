@@ -18,6 +18,9 @@
  */
 #include <errno.h>
 #include <lmdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +76,9 @@ struct store {
 	bool read_only, lazy_meta;
 	size_t map_size, max_map_size;
 	uint64_t written, durable; /* txn ids: store_written(), store_durable() */
+	struct syncer *sy;        /* store_sync_background(), once started */
+	void (*sy_notify)(void *arg);
+	void *sy_arg;
 	uint64_t lease_floor;     /* store_lease_floor() */
 	char prune_at[TASK_FULLID_MAX + 2]; /* store_prune() goes on from this key */
 	size_t prune_len;
@@ -1052,10 +1058,13 @@ fail:
 	return rc;
 }
 
+static void syncer_stop(struct store *s);
+
 void store_close(struct store *s)
 {
 	if (!s)
 		return;
+	syncer_stop(s);
 	store_sync(s);
 	mdb_env_close(s->env);
 	free(s);
@@ -1096,8 +1105,127 @@ uint64_t store_written(const struct store *s)
 	return s->written;
 }
 
-uint64_t store_durable(const struct store *s)
+/*
+ * The background flush (lazy_meta): one thread that makes what was written
+ * durable when asked, so that the loop does not wait for a flush when it has
+ * nothing else to do: the next input may come while the device works, and
+ * the commit it causes makes its own flush on the loop anyway. Only
+ * mdb_env_sync() runs on the thread (an fdatasync of the data file); the
+ * loop learns of it from store_durable() after the notify callback.
+ */
+struct syncer {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint64_t want, tried;           /* under mu: asked up to; last flush started for */
+	bool quit;
+	_Atomic uint64_t done;          /* durable up to this, by the thread's flushes */
+	void (*notify)(void *arg);
+	void *arg;
+};
+
+static void *syncer_main(void *arg)
 {
+	struct store *s = arg;
+	struct syncer *y = s->sy;
+	pthread_mutex_lock(&y->mu);
+	for (;;) {
+		while (!y->quit && y->want <= y->tried)
+			pthread_cond_wait(&y->cv, &y->mu);
+		if (y->quit)
+			break;
+		uint64_t target = y->tried = y->want; /* its meta page was written before */
+		pthread_mutex_unlock(&y->mu);
+		int rc = mdb_env_sync(s->env, 1);
+		if (rc == 0) {
+			atomic_store(&y->done, target);
+			if (y->notify)
+				y->notify(y->arg);
+		} else {
+			log_warnx("STORE-SYNC %s (the next commit flushes again)", mdb_strerror(rc));
+		}
+		pthread_mutex_lock(&y->mu);
+	}
+	pthread_mutex_unlock(&y->mu);
+	return NULL;
+}
+
+static int syncer_start(struct store *s)
+{
+	struct syncer *y = calloc(1, sizeof *y);
+	pthread_attr_t at;
+	sigset_t all, old;
+	if (!y)
+		return -ENOMEM;
+	pthread_mutex_init(&y->mu, NULL);
+	pthread_cond_init(&y->cv, NULL);
+	y->notify = s->sy_notify;
+	y->arg = s->sy_arg;
+	s->sy = y;
+	/* No signal for it (the loop takes them from a signalfd), and a small
+	 * stack: it only calls mdb_env_sync (what is touched of it is resident;
+	 * room for an interposer such as a sanitizer). */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	pthread_attr_init(&at);
+	pthread_attr_setstacksize(&at, 256 << 10);
+	int rc = pthread_create(&y->th, &at, syncer_main, s);
+	pthread_attr_destroy(&at);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc) {
+		s->sy = NULL;
+		free(y);
+		return -rc;
+	}
+	return 0;
+}
+
+static void syncer_stop(struct store *s)
+{
+	struct syncer *y = s->sy;
+	if (!y)
+		return;
+	pthread_mutex_lock(&y->mu);
+	y->quit = true;
+	pthread_cond_signal(&y->cv);
+	pthread_mutex_unlock(&y->mu);
+	pthread_join(y->th, NULL);
+	pthread_mutex_destroy(&y->mu);
+	pthread_cond_destroy(&y->cv);
+	free(y);
+	s->sy = NULL;
+}
+
+void store_set_sync_notify(struct store *s, void (*fn)(void *arg), void *arg)
+{
+	syncer_stop(s); /* it called the old fn; the next request starts it anew */
+	s->sy_notify = fn;
+	s->sy_arg = arg;
+}
+
+int store_sync_background(struct store *s)
+{
+	int rc;
+	if (store_durable(s) == s->written)
+		return 0;
+	if (!s->sy && (rc = syncer_start(s)) < 0)
+		return rc;
+	pthread_mutex_lock(&s->sy->mu);
+	if (s->sy->want < s->written) {
+		s->sy->want = s->written;
+		pthread_cond_signal(&s->sy->cv);
+	}
+	pthread_mutex_unlock(&s->sy->mu);
+	return 0;
+}
+
+uint64_t store_durable(struct store *s)
+{
+	if (s->sy) {
+		uint64_t d = atomic_load(&s->sy->done);
+		if (d > s->durable)
+			s->durable = d;
+	}
 	return s->durable;
 }
 

@@ -10,12 +10,15 @@
  * power cut loses. At the $POWERCUT_AT-th sync (1-based; 0 or unset: never)
  * it SIGKILLs the process before the sync happens, so the image is exactly
  * the disk after a cut at that instant: the test restores it and starts the
- * daemon again. A SIGKILL alone would not do: the page cache would keep
- * every write.
+ * daemon again. With $POWERCUT_AT_MS instead, the cut comes that many ms
+ * after the start, wherever the process is (between two syncs, say). A SIGKILL alone would not do: the page cache would keep
+ * every write. Syncs from several threads (the store flushes on one of its
+ * own) are taken one at a time.
  */
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,6 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define FDS 4096
@@ -30,6 +34,8 @@
 static char path[PATH_MAX];       /* the watched file, once opened */
 static unsigned char watched[FDS]; /* 1: plain, 2: opened O_SYNC/O_DSYNC */
 static unsigned long syncs;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER; /* syncs and snapshots */
+static char buf[1 << 16];         /* snapshot(), under mu */
 
 #define REAL(ret, name, ...)                                                  \
 	static ret (*real_##name)(__VA_ARGS__);                               \
@@ -48,7 +54,6 @@ static void snapshot(void)
 {
 	const char *image = getenv("POWERCUT_IMAGE");
 	char tmp[PATH_MAX + 8];
-	char buf[1 << 16];
 	ssize_t n;
 	if (!image)
 		return;
@@ -96,6 +101,25 @@ static void before_sync(void)
 		fprintf(stderr, "powercut: power cut at sync %lu\n", syncs);
 		kill(getpid(), SIGKILL);
 	}
+}
+
+static void *cut_later(void *arg)
+{
+	long ms = (long)arg;
+	struct timespec ts = { ms / 1000, ms % 1000 * 1000000 };
+	nanosleep(&ts, NULL);
+	pthread_mutex_lock(&mu); /* not in the middle of an image */
+	fprintf(stderr, "powercut: power cut at %ld ms\n", ms);
+	kill(getpid(), SIGKILL);
+	return NULL;
+}
+
+__attribute__((constructor)) static void start(void)
+{
+	const char *at = getenv("POWERCUT_AT_MS");
+	pthread_t th;
+	if (at && pthread_create(&th, NULL, cut_later, (void *)strtol(at, NULL, 10)) == 0)
+		pthread_detach(th);
 }
 
 static mode_t mode_arg(int flags, va_list ap)
@@ -147,38 +171,35 @@ int close(int fd)
 	return real_close(fd);
 }
 
+/* A sync of the watched file (CALL, on FD of at least KIND): the cut, or the
+ * sync and a new image. */
+#define SYNCING(type, call, fd, kind)                                          \
+	do {                                                                   \
+		if (!is(fd, kind))                                             \
+			return (call);                                         \
+		pthread_mutex_lock(&mu);                                       \
+		before_sync();                                                 \
+		type r_ = (call);                                              \
+		if (r_ >= 0)                                                   \
+			snapshot();                                            \
+		pthread_mutex_unlock(&mu);                                     \
+		return r_;                                                     \
+	} while (0)
+
 int fdatasync(int fd)
 {
 	REAL(int, fdatasync, int);
-	if (is(fd, 1))
-		before_sync();
-	int rc = real_fdatasync(fd);
-	if (rc == 0 && is(fd, 1))
-		snapshot();
-	return rc;
+	SYNCING(int, real_fdatasync(fd), fd, 1);
 }
 
 int fsync(int fd)
 {
 	REAL(int, fsync, int);
-	if (is(fd, 1))
-		before_sync();
-	int rc = real_fsync(fd);
-	if (rc == 0 && is(fd, 1))
-		snapshot();
-	return rc;
+	SYNCING(int, real_fsync(fd), fd, 1);
 }
 
 /* A write through a synchronous descriptor is a sync of its own. */
-#define SYNC_WRITE(call, fd)                                                   \
-	do {                                                                   \
-		if (is(fd, 2))                                                 \
-			before_sync();                                         \
-		ssize_t r_ = (call);                                           \
-		if (r_ >= 0 && is(fd, 2))                                      \
-			snapshot();                                            \
-		return r_;                                                     \
-	} while (0)
+#define SYNC_WRITE(call, fd) SYNCING(ssize_t, call, fd, 2)
 
 ssize_t pwrite(int fd, const void *b, size_t n, off_t off)
 {

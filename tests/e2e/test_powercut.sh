@@ -5,9 +5,10 @@
 # next commit's sync (store.h, lazy_meta): a cut may undo the last commit, so
 # its PUBACKs, statuses and frames to agents wait until it is durable
 # (coord.h). powercut.so keeps the image of the store that a cut would leave
-# and cuts at a chosen sync (tests/e2e/powercut.c); a SIGKILL alone would
-# not do, the page cache keeps every write. Four cuts while submissions keep
-# arriving and two agents work, each followed by a restart on that image.
+# and cuts at a chosen sync, or at a chosen time (tests/e2e/powercut.c); a
+# SIGKILL alone would not do, the page cache keeps every write. Six cuts
+# while submissions keep arriving and two agents work, each followed by a
+# restart on that image.
 # Then:
 # - every task published is there and succeeded: a PUBACK let out for a
 #   commit the cut undid would lose that submission for good (the broker
@@ -20,8 +21,8 @@ e2e_init
 source "$(dirname "$0")/fleet_lib.sh"
 need_bin powercut.so
 
-N=1500
-CUTS=4
+N=2000
+CUTS=6
 fleet_init 1000 3
 issue p1 p2
 start_mosquitto
@@ -60,22 +61,28 @@ succeeded() { ctl --json tasks --state succeeded | python3 -c 'import sys, json;
 
 for i in $(seq 20); do feed 0.02; done
 kill_bg coord
-# From here on each run of the daemon ends in a cut at a sync 20-140, and the
-# next starts on the image the cut left.
+# From here on each run of the daemon ends in a cut, at a sync 20-140 or
+# 400-1400 ms after its start, and the next starts on the image it left.
 asan=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0
 for cut in $(seq 1 "$CUTS"); do
-	at=$((20 + RANDOM % 120))
+	if [ $((cut % 2)) = 1 ]; then
+		at=$((20 + RANDOM % 120))
+		when="sync $at" how=POWERCUT_AT=$at
+	else
+		at=$((400 + RANDOM % 1000))
+		when="$at ms" how=POWERCUT_AT_MS=$at
+	fi
 	start_bg coord env LD_PRELOAD="$EC_BIN/powercut.so" POWERCUT_FILE=data.mdb \
-		POWERCUT_IMAGE="$WORK/image.mdb" POWERCUT_AT="$at" ASAN_OPTIONS="$asan" \
+		POWERCUT_IMAGE="$WORK/image.mdb" "$how" ASAN_OPTIONS="$asan" \
 		"$EC_BIN/edgecoord" -c "$CONF" --broker "$MQTT_URI" --data-dir "$DATA" --node-id n1 \
 		--listen "127.0.0.1:$AGENT_PORT" 3>&- # the feed's end is ours alone
 	while ! _gone "${BG_PIDS[coord]}"; do feed 0.02; done
 	wait_bg coord
-	grep -q "power cut at sync $at\$" "$WORK/coord.log" || fail "cut $cut: no cut at sync $at"
+	grep -q "power cut at $when\$" "$WORK/coord.log" || fail "cut $cut: no cut at $when"
 	# the disk as the cut left it; LMDB rebuilds the lock file at open
 	cp "$WORK/image.mdb" "$DATA/data.mdb"
 	rm -f "$DATA/lock.mdb"
-	echo "cut $cut at sync $at: $(succeeded) of $N succeeded on the disk, $next lines sent"
+	echo "cut $cut at $when: $(succeeded) of $N succeeded on the disk, $next lines sent"
 done
 start_coord 3>&-
 while [ "$next" -lt "${#LINES[@]}" ]; do feed 0.005; done

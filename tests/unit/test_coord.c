@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -395,6 +396,38 @@ static void test_held_until_durable(void **state)
 	assert_non_null(find(f, "ec/tasks/h2/status", "accepted"));
 }
 
+static void count_wake(void *arg)
+{
+	atomic_fetch_add((atomic_int *)arg, 1);
+}
+
+/* The loop's way: the store flushes on its thread, says so (the daemon
+ * wakes the loop), and coord_synced() lets out what waited. */
+static void test_synced_in_background(void **state)
+{
+	struct fx *f = *state;
+	atomic_int wakes = 0;
+	char u;
+	store_set_sync_notify(f->st, count_wake, &wakes);
+	struct coord_msg m = { .topic = "ec/submit/d", .user = &u,
+			       .payload = (const uint8_t *)"{\"task_id\":\"b1\",\"type\":\"x\"}" };
+	m.len = strlen((const char *)m.payload);
+	assert_int_equal(coord_push(f->c, &m), 0);
+	assert_int_equal(coord_flush(f->c, 1000), 0);
+	assert_int_equal(f->nsettled, 0);
+	assert_int_equal(coord_sync_later(f->c), 0);
+	for (int i = 0; i < 2000 && !atomic_load(&wakes); i++)
+		usleep(1000);
+	assert_true(atomic_load(&wakes) >= 1);
+	assert_int_equal(f->nsettled, 0); /* nothing moves off the loop */
+	coord_synced(f->c);
+	assert_false(coord_unsynced(f->c));
+	assert_int_equal(f->nsettled, 1);
+	assert_true(f->settled[0].ack);
+	assert_non_null(find(f, "ec/tasks/b1/status", "accepted"));
+	store_set_sync_notify(f->st, NULL, NULL);
+}
+
 /* Without lazy_meta every message is settled by the flush that commits it. */
 static void test_settled_at_commit(void **state)
 {
@@ -433,6 +466,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_backpressure, setup_small_outbox, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_source, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_held_until_durable, setup_lazy, teardown),
+		cmocka_unit_test_setup_teardown(test_synced_in_background, setup_lazy, teardown),
 		cmocka_unit_test_setup_teardown(test_settled_at_commit, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
