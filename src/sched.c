@@ -27,6 +27,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -810,7 +811,9 @@ int sched_ready_add(struct sched *s, const struct sched_task *in)
 		return rc;
 	if (in->agent && (rc = name_get(s, in->agent, &pin)) < 0)
 		return rc;
-	struct node *n = malloc(sizeof *n + idlen + 1);
+	/* The id starts inside the struct's tail padding: a node is one malloc
+	 * chunk size smaller for many id lengths (one per ready task). */
+	struct node *n = malloc(offsetof(struct node, id) + idlen + 1);
 	if (!n)
 		return -ENOMEM;
 	if ((rc = kv_copy(in->affinity, in->naffinity, &n->aff)) < 0) {
