@@ -39,6 +39,9 @@
  * memory as well as the turn's latency: 256 messages of 100 tasks in one
  * transaction left 46 MiB of heap behind. */
 #define TURN_BYTES (128u << 10)
+/* An idle loop lets go of the store's mapped pages at most this often
+ * (store_unmap): what it reads again comes back from the page cache. */
+#define UNMAP_PERIOD_MS 1000
 
 struct daemon {
 	struct config cfg;
@@ -56,6 +59,8 @@ struct daemon {
 	size_t npending, capmsgs;
 	char state_topic[MSG_TOPIC_MAX];
 	bool log_level_flag;            /* --log-level given: SIGHUP keeps it */
+	int64_t next_unmap;             /* loop_now_ms() of the next store_unmap */
+	uint64_t unmapped_at;           /* store_written() then: nothing since? */
 };
 
 static void usage(FILE *f)
@@ -128,6 +133,24 @@ static void on_mqtt(struct loop *l, int fd, unsigned events, void *arg)
 	}
 }
 
+/* The store was written (and so read) since its pages were last unmapped. */
+static bool unmap_due(struct daemon *d)
+{
+	return store_written(d->store) != d->unmapped_at;
+}
+
+/* Let go of the map pages the process has read (RSS), at most every
+ * UNMAP_PERIOD_MS and only after a write; next_due() wakes a quiet loop for
+ * the last one. */
+static void maybe_unmap(struct daemon *d)
+{
+	if (unmap_due(d) && loop_now_ms() >= d->next_unmap) {
+		store_unmap(d->store);
+		d->unmapped_at = store_written(d->store);
+		d->next_unmap = loop_now_ms() + UNMAP_PERIOD_MS;
+	}
+}
+
 /* Before the loop sleeps: commit the turn, then acknowledge. */
 static void before_sleep(struct loop *l, void *arg)
 {
@@ -162,6 +185,7 @@ static void before_sleep(struct loop *l, void *arg)
 	coord_flush(d->coord, loop_realtime_ms()); /* settles the pushed ones */
 	d->pending = NULL;
 	d->npending = 0;
+	maybe_unmap(d);
 	/* Everything this turn published (outbox drain, statuses) and the
 	 * PUBACKs of what it committed leave in one write. */
 	if (d->mqtt)
@@ -372,6 +396,8 @@ static int64_t next_due(void *arg)
 		if (l >= 0 && (due < 0 || l < due))
 			due = l;
 	}
+	if (unmap_due(d) && (due < 0 || d->next_unmap < due))
+		due = d->next_unmap; /* a quiet loop wakes once to let the pages go */
 	return due;
 }
 

@@ -24,7 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include "dag.h"
 #include "edgecoord/err.h"
@@ -1074,6 +1076,30 @@ void store_set_observer(struct store *s, store_observer_fn fn, void *arg)
 {
 	s->obs = fn;
 	s->obs_arg = arg;
+}
+
+/* LMDB does not say where its map is (me_mapaddr is set for MDB_FIXEDMAP
+ * only): it is this process's mapping of the data file at offset 0. */
+void store_unmap(struct store *s)
+{
+	struct stat st;
+	int fd;
+	char line[512];
+	FILE *f;
+	if (mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &st) < 0 ||
+	    !(f = fopen("/proc/self/maps", "re")))
+		return;
+	while (fgets(line, sizeof line, f)) {
+		unsigned long lo, hi, off, ino;
+		unsigned maj, mnr;
+		if (sscanf(line, "%lx-%lx %*s %lx %x:%x %lu", &lo, &hi, &off, &maj, &mnr, &ino) == 6 &&
+		    off == 0 && ino == st.st_ino && maj == major(st.st_dev) &&
+		    mnr == minor(st.st_dev)) {
+			madvise((void *)lo, hi - lo, MADV_DONTNEED);
+			break;
+		}
+	}
+	fclose(f);
 }
 
 int store_usage(struct store *s, size_t *used, size_t *map_size)

@@ -310,6 +310,14 @@ int store_agents_scan(struct store_txn *t, store_agent_fn fn, void *arg);
  * filled. O(tasks + edges): for tests and `edgecoordctl fsck`. */
 int store_check(struct store_txn *t, char *why, size_t why_len);
 
+/* Drop this process's mappings of the map's pages. Every page a transaction
+ * reads stays mapped, so RSS grows to the whole data file over time, though
+ * these are clean page-cache pages. MADV_DONTNEED on the read-only shared map
+ * only unmaps them (the page cache keeps them; what is read next faults back
+ * in, pointers into the map stay valid); the kernel may then reclaim them
+ * like any cache. Safe at any time, a read transaction open or not. */
+void store_unmap(struct store *s);
+
 /* Map use: bytes in use and the current map size. */
 int store_usage(struct store *s, size_t *used, size_t *map_size);
 

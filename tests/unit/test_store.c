@@ -379,6 +379,45 @@ static void test_upgrade_state_index(void **state)
 	assert_int_equal(tu_check(f->s), 0);
 }
 
+/* kB of the data file mapped in this process (smaps Rss of data.mdb). */
+static long mapped_kb(void)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	long kb = 0;
+	bool in = false;
+	assert_non_null(f);
+	while (fgets(line, sizeof line, f)) {
+		unsigned long lo, hi;
+		long v;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) /* a mapping's first line */
+			in = strstr(line, "/data.mdb\n") != NULL;
+		else if (in && sscanf(line, "Rss: %ld kB", &v) == 1)
+			kb += v;
+	}
+	fclose(f);
+	return kb;
+}
+
+/* store_unmap lets go of the map pages a transaction read; what is read
+ * next comes back, unchanged. */
+static void test_unmap(void **state)
+{
+	struct fx *f = *state;
+	char id[32];
+	for (int i = 0; i < 400; i++) {
+		snprintf(id, sizeof id, "m%03d", i);
+		add_task(f->s, id, NULL);
+	}
+	assert_int_equal(tu_check(f->s), 0); /* reads every page */
+	long before = mapped_kb();
+	assert_true(before >= 64);
+	store_unmap(f->s);
+	assert_true(mapped_kb() < before / 4);
+	assert_int_equal(tu_state(f->s, "m123"), TS_READY);
+	assert_int_equal(tu_check(f->s), 0);
+}
+
 static int write_nothing(struct store_txn *t, void *arg)
 {
 	(void)t, (void)arg;
@@ -1801,6 +1840,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_open_errors),
 		cmocka_unit_test_setup_teardown(test_lazy_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_state_index, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unmap, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
