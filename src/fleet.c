@@ -1108,7 +1108,11 @@ static void keep_frames(struct fleet *f)
 		if (o->sent)
 			continue;
 		if (VEC_PUSH(f->held, h) < 0) {
-			send_one(f, o); /* no room to wait: a frame lost is not lost work */
+			/* No room to wait, and it may not leave before the commit is
+			 * durable: dropped. A lost ack or cancel is not lost work (the
+			 * agent offers its result again; a stale result is discarded). */
+			log_warnx("out of memory: frame %s to %s dropped",
+				  ec_frame_type_name(o->type), o->agent);
 			continue;
 		}
 		*h = *o;
