@@ -3299,9 +3299,7 @@ int store_check(struct store_txn *t, char *why, size_t why_len)
 		goto out;
 	if ((rc = t->write ? meta_get(t, &m) : meta_read(t, &mm)) < 0)
 		goto out;
-	uint64_t total = 0;
 	for (int i = 0; i < TS__COUNT; i++) {
-		total += k.counts[i];
 		if (k.counts[i] != m->counts[i]) {
 			rc = bad(&k, "count of state %s wrong%s", task_state_name(i), "");
 			goto out;
