@@ -21,7 +21,7 @@ e2e_init
 source "$(dirname "$0")/fleet_lib.sh"
 need_bin powercut.so
 
-N=2000
+N=3000
 CUTS=6
 fleet_init 1000 3
 issue p1 p2
@@ -61,15 +61,16 @@ succeeded() { ctl --json tasks --state succeeded | python3 -c 'import sys, json;
 
 for i in $(seq 20); do feed 0.02; done
 kill_bg coord
-# From here on each run of the daemon ends in a cut, at a sync 20-140 or
-# 400-1400 ms after its start, and the next starts on the image it left.
+# From here on each run of the daemon ends in a cut, at a sync 20-100 or
+# 400-1000 ms after its start, and the next starts on the image it left.
+# The feed (50 lines a second) lasts well beyond six of them.
 asan=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0
 for cut in $(seq 1 "$CUTS"); do
 	if [ $((cut % 2)) = 1 ]; then
-		at=$((20 + RANDOM % 120))
+		at=$((20 + RANDOM % 80))
 		when="sync $at" how=POWERCUT_AT=$at
 	else
-		at=$((400 + RANDOM % 1000))
+		at=$((400 + RANDOM % 600))
 		when="$at ms" how=POWERCUT_AT_MS=$at
 	fi
 	start_bg coord env LD_PRELOAD="$EC_BIN/powercut.so" POWERCUT_FILE=data.mdb \
