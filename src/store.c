@@ -544,16 +544,6 @@ static bool state_indexed(enum task_state st)
 	return st == TS_DISPATCHED || st == TS_RUNNING;
 }
 
-/* A task record's state without decoding it: it follows the spec. */
-static int record_state(const MDB_val *v)
-{
-	struct rbuf r = { v->mv_data, (const uint8_t *)v->mv_data + v->mv_size, false };
-	r_u8(&r); /* version (trec_decode) */
-	r_take(&r, r_var(&r)); /* spec */
-	uint8_t st = r_u8(&r);
-	return r.bad ? -1 : st;
-}
-
 static int trec_decode(const MDB_val *v, struct trec *t)
 {
 	struct rbuf r = { v->mv_data, (const uint8_t *)v->mv_data + v->mv_size, false };
@@ -914,8 +904,8 @@ static int rebuild_state_index(struct store *s, MDB_txn *txn, size_t *kept)
 	*kept = 0;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-		int st = record_state(&v);
-		if (st < 0 || k.mv_size > TASK_FULLID_MAX) {
+		enum task_state st;
+		if (peek_state(&v, &st) < 0 || k.mv_size > TASK_FULLID_MAX) {
 			rc = EC_ESTORE;
 			break;
 		}
@@ -1146,8 +1136,6 @@ struct syncer {
 	uint64_t want, tried;           /* under mu: asked up to; last flush started for */
 	bool quit;
 	_Atomic uint64_t done;          /* durable up to this, by the thread's flushes */
-	void (*notify)(void *arg);
-	void *arg;
 };
 
 static void *syncer_main(void *arg)
@@ -1165,8 +1153,8 @@ static void *syncer_main(void *arg)
 		int rc = mdb_env_sync(s->env, 1);
 		if (rc == 0) {
 			atomic_store(&y->done, target);
-			if (y->notify)
-				y->notify(y->arg);
+			if (s->sy_notify) /* not changed while the thread runs */
+				s->sy_notify(s->sy_arg);
 		} else {
 			log_warnx("STORE-SYNC %s (the next commit flushes again)", mdb_strerror(rc));
 		}
@@ -1185,8 +1173,6 @@ static int syncer_start(struct store *s)
 		return -ENOMEM;
 	pthread_mutex_init(&y->mu, NULL);
 	pthread_cond_init(&y->cv, NULL);
-	y->notify = s->sy_notify;
-	y->arg = s->sy_arg;
 	s->sy = y;
 	/* No signal for it (the loop takes them from a signalfd), and a small
 	 * stack: it only calls mdb_env_sync (what is touched of it is resident;
@@ -1435,16 +1421,17 @@ static size_t hist_key(uint8_t *k, const char *id, uint32_t n)
 	return l + 5;
 }
 
-/* Skip one encoded history event; false if it does not parse. */
-static bool hist_skip(struct rbuf *r)
+/* One encoded history event (a record's, or a schema-1 row). */
+static int hist_event(struct rbuf *r, struct history_ev *ev)
 {
-	r_zz(r);
-	r_u8(r);
-	r_u8(r);
-	r_var(r);
-	r_take(r, r_var(r));
-	r_take(r, r_var(r));
-	return !r->bad;
+	memset(ev, 0, sizeof *ev);
+	ev->ts_ms = r_zz(r);
+	ev->from = r_u8(r);
+	ev->to = r_u8(r);
+	ev->attempt = (uint32_t)r_var(r);
+	r_strbuf(r, ev->agent, sizeof ev->agent);
+	r_strbuf(r, ev->detail, sizeof ev->detail);
+	return r->bad ? EC_ESTORE : 0;
 }
 
 /* Append an event to the record's own history (written with the record: no
@@ -1471,7 +1458,8 @@ static int history_add(struct store_txn *t, struct trec *tr, enum task_state fro
 	uint32_t n = tr->nhist + 1;
 	struct rbuf r = { w.p, w.p + w.len, false };
 	while (n > 1 && (n > STORE_HISTORY_MAX || (size_t)(r.end - r.p) > HIST_BYTES_MAX)) {
-		if (!hist_skip(&r)) {
+		struct history_ev oldest;
+		if (hist_event(&r, &oldest) < 0) {
 			free(w.p);
 			return EC_ESTORE;
 		}
@@ -2660,7 +2648,11 @@ static int scan_tasks_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v
 static int scan_unindexed_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v, void *arg)
 {
 	struct task_cb *cb = arg;
-	return record_state(v) == cb->state ? call_task(t, v, cb->fn, cb->arg) : 0;
+	enum task_state st;
+	int rc = peek_state(v, &st);
+	if (rc < 0)
+		return rc;
+	return (int)st == cb->state ? call_task(t, v, cb->fn, cb->arg) : 0;
 }
 
 static int scan_state_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v, void *arg)
@@ -2727,8 +2719,6 @@ struct hist_cb {
 	void *arg;
 };
 
-static int hist_event(struct rbuf *r, struct history_ev *ev);
-
 static int scan_hist_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v, void *arg)
 {
 	struct hist_cb *cb = arg;
@@ -2736,18 +2726,6 @@ static int scan_hist_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v,
 	struct history_ev ev;
 	int rc = hist_event(&r, &ev);
 	return rc ? rc : cb->fn(&ev, cb->arg);
-}
-
-static int hist_event(struct rbuf *r, struct history_ev *ev)
-{
-	memset(ev, 0, sizeof *ev);
-	ev->ts_ms = r_zz(r);
-	ev->from = r_u8(r);
-	ev->to = r_u8(r);
-	ev->attempt = (uint32_t)r_var(r);
-	r_strbuf(r, ev->agent, sizeof ev->agent);
-	r_strbuf(r, ev->detail, sizeof ev->detail);
-	return r->bad ? EC_ESTORE : 0;
 }
 
 /* The rows of the history table (schema 1: older events of records written
