@@ -33,7 +33,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +46,7 @@
 #include "log.h"
 #include "mqtt.h"
 #include "mqttpkt.h"
+#include "resolve.h"
 #include "tlsframe.h"
 
 #define DEF_KEEPALIVE_S 30
@@ -57,7 +57,6 @@
 #define DEF_REFUSE_MS 200
 #define DEF_MAX_MESSAGE (1u << 20)
 #define CONNECT_TIMEOUT_MS 10000
-#define RESOLVE_POLL_MS 20        /* how often a name lookup in progress is checked */
 #define RECEIVE_MAX 256           /* inbound QoS 1 messages in flight to us */
 #define HELD_MAX (16u << 20)      /* inbound bytes held before we stop reading */
 #define HEADROOM (256u << 10)     /* topic and properties beside the payload */
@@ -92,14 +91,6 @@ struct report {
 	uint16_t id;
 };
 
-/* A name lookup off the loop: getaddrinfo_a() runs it on a glibc helper
- * thread and the timer polls gai_error(). On the heap, because a lookup
- * that cannot be cancelled still writes into it after we gave up. */
-struct resolve {
-	struct gaicb cb;
-	struct addrinfo hints;
-};
-
 struct mqtt {
 	/* copied options, constant */
 	char *uri, *host, *port, *client_id, *username, *password;
@@ -125,7 +116,7 @@ struct mqtt {
 	int backoff_s;
 	int64_t due;                  /* S_WAIT: connect; S_TCP..S_CONNACK: give up */
 	struct addrinfo *ai, *ai_next; /* addresses of the attempt in progress */
-	struct resolve *rs;           /* the last name lookup, or NULL */
+	struct resolve *rs;           /* the broker's name, looked up off the loop */
 	int ka_ms;                    /* keep-alive in force */
 	int64_t last_rx, last_tx, ping_at; /* ping_at: 0 = no PINGREQ out */
 	int64_t timer_at;             /* what tfd is armed for; 0 = nothing */
@@ -437,19 +428,6 @@ static void resolved(struct mqtt *m, struct addrinfo *ai)
 	try_next_address(m, "no address");
 }
 
-/* Whether the last lookup is over (its result, if any, freed). */
-static bool lookup_idle(struct mqtt *m)
-{
-	if (!m->rs)
-		return true;
-	if (gai_error(&m->rs->cb) == EAI_INPROGRESS)
-		return false;
-	if (m->rs->cb.ar_result)
-		freeaddrinfo(m->rs->cb.ar_result);
-	m->rs->cb.ar_result = NULL;
-	return true;
-}
-
 /*
  * An address is used at once. A name is looked up off the loop's thread:
  * with the uplink down, a DNS lookup can take many seconds, and a loop
@@ -457,29 +435,17 @@ static bool lookup_idle(struct mqtt *m)
  */
 static void start_connect(struct mqtt *m)
 {
-	struct addrinfo num = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-				.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV }, *ai;
-	if (getaddrinfo(m->host, m->port, &num, &ai) == 0) {
+	struct addrinfo *ai;
+
+	switch (resolve_start(m->rs, &ai)) {
+	case RESOLVE_DONE:
 		resolved(m, ai);
 		return;
-	}
-	if (!lookup_idle(m)) { /* an abandoned lookup has not returned yet */
-		lost(m, "the last name lookup has not returned");
+	case RESOLVE_FAILED:
+		lost(m, resolve_error(m->rs));
 		return;
-	}
-	if (!m->rs && !(m->rs = calloc(1, sizeof *m->rs))) {
-		lost(m, "out of memory");
-		return;
-	}
-	m->rs->hints = (struct addrinfo){ .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
-	m->rs->cb = (struct gaicb){ .ar_name = m->host, .ar_service = m->port,
-				    .ar_request = &m->rs->hints };
-	struct gaicb *list[1] = { &m->rs->cb };
-	struct sigevent none = { .sigev_notify = SIGEV_NONE };
-	int rc = getaddrinfo_a(GAI_NOWAIT, list, 1, &none);
-	if (rc != 0) {
-		lost(m, gai_strerror(rc));
-		return;
+	case RESOLVE_PENDING:
+		break;
 	}
 	m->st = S_RESOLVE;
 	m->due = now_ms() + CONNECT_TIMEOUT_MS;
@@ -488,22 +454,23 @@ static void start_connect(struct mqtt *m)
 
 static void resolve_step(struct mqtt *m, int64_t now)
 {
-	int rc = gai_error(&m->rs->cb);
-	if (rc == EAI_INPROGRESS) {
+	struct addrinfo *ai;
+
+	switch (resolve_poll(m->rs, &ai)) {
+	case RESOLVE_PENDING:
 		if (now >= m->due) {
-			gai_cancel(&m->rs->cb); /* if it cannot be, lookup_idle() waits */
+			/* if it cannot be cancelled, the next resolve_start() waits */
+			resolve_cancel(m->rs);
 			lost(m, "name lookup timed out");
 		}
 		return;
-	}
-	if (rc != 0) {
-		lookup_idle(m);
-		lost(m, gai_strerror(rc));
+	case RESOLVE_FAILED:
+		lost(m, resolve_error(m->rs));
+		return;
+	case RESOLVE_DONE:
+		resolved(m, ai);
 		return;
 	}
-	struct addrinfo *ai = m->rs->cb.ar_result;
-	m->rs->cb.ar_result = NULL;
-	resolved(m, ai);
 }
 
 static void tcp_done(struct mqtt *m)
@@ -1134,7 +1101,9 @@ static int parse_uri(struct mqtt *m, const char *uri)
 		m->host = strndup(h, hl);
 		m->port = strdup(port);
 		m->tls = schemes[i].tls;
-		return m->host && m->port ? 0 : -ENOMEM;
+		if (!m->host || !m->port)
+			return -ENOMEM;
+		return resolve_new(m->host, m->port, &m->rs);
 	}
 	return -EINVAL;
 }
@@ -1145,11 +1114,7 @@ static void free_all(struct mqtt *m)
 		free_inbound(m, m->live);
 	if (m->ai)
 		freeaddrinfo(m->ai);
-	if (m->rs && gai_error(&m->rs->cb) == EAI_INPROGRESS &&
-	    gai_cancel(&m->rs->cb) != EAI_CANCELED)
-		m->rs = NULL; /* still being written to by the lookup: left to it */
-	if (lookup_idle(m))
-		free(m->rs);
+	resolve_free(m->rs);
 	tlsframe_free(m->tc);
 	tlsframe_conf_free(m->tconf);
 	if (m->tfd >= 0)
