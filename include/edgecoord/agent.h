@@ -5,11 +5,19 @@
  * handlers by type, heartbeats, and reconnection with exponential backoff and
  * jitter.
  *
- * No global state and no threads: one struct ec_agent per connection, driven
- * by the caller's loop. Either call ec_agent_poll() in a loop, or watch
- * ec_agent_fd() for ec_agent_events() in your own poll/epoll and call
- * ec_agent_step() when it is ready or when ec_agent_next_due() is reached
- * (the fd changes across reconnects: read it again after every step).
+ * The caller needs no thread, and agents share no settings: one struct
+ * ec_agent per connection, driven by the caller's loop. Either call
+ * ec_agent_poll() in a loop, or watch ec_agent_fd() for ec_agent_events() in
+ * your own poll/epoll and call ec_agent_step() when it is ready or when
+ * ec_agent_next_due() is reached (the fd changes across reconnects, and is
+ * -1 between them: read it again after every step).
+ *
+ * Nothing blocks but ec_agent_poll()'s own wait. A coordinator given by name
+ * is looked up with glibc's getaddrinfo_a(), on a helper thread glibc starts
+ * (with every signal blocked), and the steps poll it: ec_agent_next_due() is
+ * then a few ms away. A coordinator given by address needs no lookup and no
+ * thread. When a name has several addresses, each is tried in turn until
+ * one connects.
  *
  * A handler is called from ec_agent_step() with a job; it may finish at once
  * (ec_agent_result/ec_agent_fail inside the call) or later, from anywhere in
@@ -50,7 +58,8 @@ struct ec_job {
 typedef void (*ec_handler_fn)(struct ec_agent *a, const struct ec_job *job, void *arg);
 
 struct ec_agent_opts {
-	const char *coordinator;      /* "HOST:PORT" */
+	const char *coordinator;      /* "HOST:PORT": a name, an IPv4 address or
+				       * a bracketed IPv6 one ("[::1]:7000") */
 	const char *server_name;      /* checked against the coordinator's
 				       * certificate; default: HOST */
 	const char *id;               /* must equal the certificate's CN */
@@ -60,7 +69,8 @@ struct ec_agent_opts {
 	size_t nlabels;
 	uint32_t backoff_min_ms;      /* default 250 */
 	uint32_t backoff_max_ms;      /* default 30000 */
-	uint32_t connect_timeout_ms;  /* TCP + TLS + welcome; default 10000 */
+	uint32_t connect_timeout_ms;  /* name lookup + TCP + TLS + welcome;
+				       * default 10000 */
 	void *ctx;                    /* passed to the callbacks */
 	/* The coordinator cancels a job (stop it, then report a result or a
 	 * failure: it will be acknowledged and discarded). */
@@ -77,7 +87,9 @@ struct ec_agent_opts {
 /* Copies opts (strings included) and loads the certificates; connects on the
  * first step. EC_ECONFIG (a file that does not load, a bad option) or -ENOMEM. */
 int ec_agent_new(const struct ec_agent_opts *opts, struct ec_agent **out);
-/* Close the connection (no bye) and free. Accepts NULL. */
+/* Close the connection (no bye) and free. A name lookup in progress is
+ * cancelled, or left to finish on glibc's thread and its memory reclaimed
+ * by a later lookup. Accepts NULL. */
 void ec_agent_free(struct ec_agent *a);
 
 /* Serve jobs of this type ([A-Za-z0-9._-]{1,64}); it becomes a capability.

@@ -5,16 +5,20 @@
  * heartbeats, reconnect with exponential backoff and jitter.
  *
  * One connection at a time, a small state machine driven by ec_agent_step():
- * IDLE (waiting out the backoff) -> CONNECTING (non-blocking connect) ->
- * HANDSHAKE -> HELLO (hello sent, waiting for welcome) -> READY. Any error
- * goes back to IDLE. Jobs live across connections: a reconnect lists their
- * leases in hello and resends results not yet acknowledged.
+ * IDLE (waiting out the backoff) -> RESOLVING (the coordinator's name is
+ * looked up) -> CONNECTING (non-blocking connect, to each address in turn)
+ * -> HANDSHAKE -> HELLO (hello sent, waiting for welcome) -> READY. Any
+ * error goes back to IDLE. Jobs live across connections: a reconnect lists
+ * their leases in hello and resends results not yet acknowledged.
  *
- * TLS and the byte-level framing are src/tlsframe.c's, shared with the
- * coordinator; this file does not include mbedtls.
+ * Nothing here blocks the caller's loop. A coordinator given by name is
+ * looked up with src/resolve.c, on a glibc helper thread (getaddrinfo_a)
+ * polled from the steps; an address is used at once. TLS and the
+ * byte-level framing are src/tlsframe.c's, shared with the coordinator;
+ * this file does not include mbedtls.
  *
- * Does not: spawn processes or threads, or interpret payloads (handlers do).
- * Name resolution (getaddrinfo) is the one blocking call, once per connect.
+ * Does not: spawn processes or threads of its own, or interpret payloads
+ * (handlers do).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,9 +34,10 @@
 
 #include "edgecoord/agent.h"
 #include "edgecoord/err.h"
+#include "resolve.h"
 #include "tlsframe.h"
 
-enum astate { A_IDLE, A_CONNECTING, A_HANDSHAKE, A_HELLO, A_READY, A_STOPPED };
+enum astate { A_IDLE, A_RESOLVING, A_CONNECTING, A_HANDSHAKE, A_HELLO, A_READY, A_STOPPED };
 
 struct handler {
 	char type[EC_TYPE_MAX + 1];
@@ -60,6 +65,9 @@ struct ec_agent {
 
 	struct tlsframe_conf *tls;
 	struct tlsframe *tf;   /* one context, reused across reconnects */
+	struct resolve *rs;    /* the coordinator's host and port */
+	struct addrinfo *ai;   /* the attempt's addresses, until TCP is up */
+	struct addrinfo *ai_at, *ai_next; /* the one connecting; the next to try */
 
 	enum astate state;
 	int fd;
@@ -107,6 +115,11 @@ static void disconnect(struct ec_agent *a, const char *why)
 	a->fd = -1;
 	a->events = 0;
 	tlsframe_drop(a->tf);
+	/* a lookup that cannot be cancelled is waited for by the next start */
+	resolve_cancel(a->rs);
+	if (a->ai)
+		freeaddrinfo(a->ai);
+	a->ai = a->ai_at = a->ai_next = NULL;
 	if (a->state == A_STOPPED)
 		return;
 	/* exponential backoff with jitter: uniform in [d/2, d] */
@@ -125,36 +138,100 @@ static void disconnect(struct ec_agent *a, const char *why)
 		a->o.on_state(a->o.ctx, a, false, why);
 }
 
+/* "[::1]:7000": the address an attempt failed on, for the log. */
+static const char *addr_text(const struct addrinfo *ai, char *buf, size_t n)
+{
+	char h[64], p[8];
+	if (getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof(h), p, sizeof(p),
+			NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+		snprintf(buf, n, "an address");
+	else
+		snprintf(buf, n, ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, p);
+	return buf;
+}
+
+/* Start a non-blocking connect to the attempt's next address. A name often
+ * has several (::1 and 127.0.0.1 for localhost) and the first may refuse:
+ * only when none is left has the attempt failed. */
+static void try_next_address(struct ec_agent *a, const char *why)
+{
+	while (a->ai_next) {
+		struct addrinfo *ai = a->ai_next;
+		a->ai_next = ai->ai_next;
+		int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			why = strerror(errno);
+			continue;
+		}
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
+			char at[80];
+			why = strerror(errno);
+			alog(a, EC_AGENT_LOG_DEBUG, "connect to %s: %s", addr_text(ai, at, sizeof(at)),
+			     why);
+			close(fd);
+			continue;
+		}
+		a->ai_at = ai;
+		a->fd = fd;
+		a->state = A_CONNECTING;
+		a->events = EC_AGENT_EV_WRITE;
+		return;
+	}
+	alog(a, EC_AGENT_LOG_WARN, "connect to %s:%s: %s", a->host, a->port, why);
+	disconnect(a, "connect failed");
+}
+
+static void resolved(struct ec_agent *a, struct addrinfo *ai)
+{
+	a->ai = a->ai_next = ai;
+	try_next_address(a, "no address");
+}
+
+/* An address connects now; a name is looked up first, polled by the steps
+ * that follow (ec_agent_next_due() asks for them). */
 static void start_connect(struct ec_agent *a)
 {
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-				 .ai_flags = AI_NUMERICSERV};
-	struct addrinfo *res;
+	struct addrinfo *ai;
 	a->conn_start = a->now;
-	a->state = A_CONNECTING;
-	int rc = getaddrinfo(a->host, a->port, &hints, &res);
-	if (rc) {
-		alog(a, EC_AGENT_LOG_WARN, "resolve %s: %s", a->host, gai_strerror(rc));
+	a->state = A_RESOLVING;
+	switch (resolve_start(a->rs, &ai)) {
+	case RESOLVE_DONE:
+		resolved(a, ai);
+		return;
+	case RESOLVE_PENDING:
+		return;
+	case RESOLVE_FAILED:
+		alog(a, EC_AGENT_LOG_WARN, "resolve %s: %s", a->host, resolve_error(a->rs));
 		disconnect(a, "cannot resolve");
 		return;
 	}
-	/* the first address only: a gateway is usually one */
-	int fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) != 0 && errno != EINPROGRESS) {
-		close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(res);
-	if (fd < 0) {
-		disconnect(a, "connect failed");
+}
+
+/* The TCP connect in progress ended: TLS on it, or the next address. */
+static void tcp_done(struct ec_agent *a)
+{
+	int err = 0;
+	socklen_t el = sizeof(err);
+	if (getsockopt(a->fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+		err = errno;
+	if (err) {
+		char at[80];
+		alog(a, EC_AGENT_LOG_DEBUG, "connect to %s: %s", addr_text(a->ai_at, at, sizeof(at)),
+		     strerror(err));
+		close(a->fd);
+		a->fd = -1;
+		a->events = 0;
+		try_next_address(a, strerror(err));
 		return;
 	}
-	a->fd = fd;
-	a->state = A_CONNECTING;
-	a->events = EC_AGENT_EV_WRITE;
+	freeaddrinfo(a->ai);
+	a->ai = a->ai_at = a->ai_next = NULL;
 	/* the name is what makes mbedtls check the server's certificate */
-	if (tlsframe_attach(a->tf, fd, a->server_name) != 0)
+	if (tlsframe_attach(a->tf, a->fd, a->server_name) != 0) {
 		disconnect(a, "out of memory");
+		return;
+	}
+	a->state = A_HANDSHAKE;
 }
 
 /* ---- writing ------------------------------------------------------------- */
@@ -432,27 +509,40 @@ int ec_agent_step(struct ec_agent *a, uint64_t now)
 		if (now < a->next_connect)
 			return 0;
 		start_connect(a);
+		/* a name lookup has started (polled from the next step on), or
+		 * the attempt failed at once */
 		if (a->state != A_CONNECTING)
 			return 0;
 	}
+	/* one budget for the lookup, TCP, TLS and welcome together */
 	if (a->state != A_READY && now - a->conn_start >= a->o.connect_timeout_ms) {
-		disconnect(a, "connect timeout");
+		if (a->state == A_RESOLVING)
+			alog(a, EC_AGENT_LOG_WARN, "resolve %s: no answer in %u ms", a->host,
+			     a->o.connect_timeout_ms);
+		disconnect(a, a->state == A_RESOLVING ? "name lookup timed out" : "connect timeout");
 		return 0;
 	}
-	if (a->state == A_CONNECTING) {
+	if (a->state == A_RESOLVING) {
+		struct addrinfo *ai;
+		switch (resolve_poll(a->rs, &ai)) {
+		case RESOLVE_PENDING:
+			return 0;
+		case RESOLVE_FAILED:
+			alog(a, EC_AGENT_LOG_WARN, "resolve %s: %s", a->host, resolve_error(a->rs));
+			disconnect(a, "cannot resolve");
+			return 0;
+		case RESOLVE_DONE:
+			resolved(a, ai);
+			if (a->state != A_CONNECTING)
+				return 0;
+			break;
+		}
+	}
+	while (a->state == A_CONNECTING) {
 		struct pollfd p = {.fd = a->fd, .events = POLLOUT};
 		if (poll(&p, 1, 0) <= 0)
 			return 0;
-		int err = 0;
-		socklen_t el = sizeof(err);
-		getsockopt(a->fd, SOL_SOCKET, SO_ERROR, &err, &el);
-		if (err) {
-			alog(a, EC_AGENT_LOG_WARN, "connect to %s:%s: %s", a->host, a->port,
-			     strerror(err));
-			disconnect(a, "connect failed");
-			return 0;
-		}
-		a->state = A_HANDSHAKE;
+		tcp_done(a);  /* on a refusal, the next address is connecting */
 	}
 	if (a->state == A_HANDSHAKE) {
 		enum tlsframe_status st = tlsframe_handshake(a->tf);
@@ -503,6 +593,12 @@ uint64_t ec_agent_next_due(const struct ec_agent *a)
 	switch (a->state) {
 	case A_IDLE:
 		return a->next_connect;
+	case A_RESOLVING: {
+		/* the lookup has no fd to wait on: poll it */
+		uint64_t poll_at = a->now + RESOLVE_POLL_MS;
+		uint64_t give_up = a->conn_start + a->o.connect_timeout_ms;
+		return poll_at < give_up ? poll_at : give_up;
+	}
 	case A_READY: {
 		uint64_t dead = a->last_rx + (uint64_t)a->hb_ms * (a->hb_misses + 1);
 		return a->next_hb < dead ? a->next_hb : dead;
@@ -713,6 +809,8 @@ int ec_agent_new(const struct ec_agent_opts *o, struct ec_agent **out)
 	int rc = split_hostport(a, o->coordinator);
 	if (rc)
 		goto fail;
+	if ((rc = resolve_new(a->host, a->port, &a->rs)) != 0)
+		goto fail;
 	rc = -ENOMEM;
 	a->server_name = strdup(o->server_name ? o->server_name : a->host);
 	a->id = strdup(o->id);
@@ -765,6 +863,10 @@ void ec_agent_free(struct ec_agent *a)
 	a->state = A_STOPPED;
 	if (a->fd >= 0)
 		close(a->fd);
+	if (a->ai)
+		freeaddrinfo(a->ai);
+	/* a lookup in progress is cancelled, or left to finish and reclaimed */
+	resolve_free(a->rs);
 	tlsframe_free(a->tf);
 	for (size_t i = 0; i < a->njobs; i++) {
 		free(a->jobs[i].task_id);
