@@ -972,7 +972,8 @@ static void work(uint64_t lease, const char *type, const uint8_t *payload, size_
 static bool ref_up(void *arg) { return count("agent-2", 100) > 0; }
 
 /* The reference agent program against the link: built-in types, --exec,
- * timeout, cancel, SIGTERM -> bye and exit 0. */
+ * timeout, cancel, SIGTERM -> bye and exit 0. It is given the coordinator
+ * by name, so its poll loop also waits out a lookup (no fd, a due time). */
 static void test_reference_agent(void **state)
 {
 	const char *bin = getenv("EC_BIN");
@@ -983,7 +984,7 @@ static void test_reference_agent(void **state)
 	T.now = ec_agent_now_ms();
 	char exe[256], coord[32];
 	snprintf(exe, sizeof(exe), "%s/edgecoord-agent", bin);
-	snprintf(coord, sizeof(coord), "127.0.0.1:%d", link_port(T.link));
+	snprintf(coord, sizeof(coord), "localhost:%d", link_port(T.link));
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
