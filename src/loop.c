@@ -266,8 +266,9 @@ void loop_wake(struct loop *l)
 {
 	uint64_t one = 1;
 
-	/* One write per batch of wakes: the flag is cleared by the loop before
-	 * it reads the eventfd, so a wake after that clear writes again. */
+	/* One write per batch of wakes. The loop reads the eventfd and only
+	 * then clears the flag: a wake that finds it still set is seen by the
+	 * callback that follows the clear; one that finds it clear writes. */
 	if (atomic_exchange(&l->woken, true))
 		return;
 	(void)!write(l->wakefd, &one, sizeof one);
@@ -301,8 +302,11 @@ static void on_wakefd(struct loop *l)
 {
 	uint64_t n;
 
-	atomic_store(&l->woken, false);
+	/* Read, then clear: cleared first, a wake landing in between would
+	 * write a count that this read eats, leaving the flag set with nothing
+	 * to read, and every later wake would skip its write. */
 	(void)!read(l->wakefd, &n, sizeof n);
+	atomic_store(&l->woken, false);
 	if (l->wake_cb)
 		l->wake_cb(l, l->wake_arg);
 }

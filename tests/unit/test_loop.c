@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -222,6 +224,83 @@ static void test_wake_from_thread(void **state)
 	assert_int_equal(fx->wakes, 2);
 }
 
+/* Wakes from another thread, each published before its loop_wake(), two at
+ * a time as the store's syncer sends them (a flush done, the next one done
+ * soon after): the loop must see every one. A wake that lands between the
+ * loop's reading of the eventfd and its clearing of the flag must not be
+ * swallowed, or every later wake is lost with it. Timed, not counted: the
+ * race needs many rounds, and a lost wake shows as a round never seen. */
+static atomic_ulong wk_posted, wk_seen;
+static atomic_bool wk_lost;
+
+static void on_wake_seen(struct loop *l, void *arg)
+{
+	(void)l;
+	(void)arg;
+	atomic_store(&wk_seen, atomic_load(&wk_posted));
+}
+
+static int64_t tick_due(void *arg)
+{
+	(void)arg;
+	return loop_now_ms() + 50;
+}
+
+static void tick(struct loop *l, void *arg)
+{
+	(void)l;
+	(void)arg;
+}
+
+static int64_t mono_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void *pair_waker(void *arg)
+{
+	struct loop *l = arg;
+	unsigned seed = 1;
+	int64_t end = mono_ns() + 3000000000LL;
+	for (unsigned long round = 1; mono_ns() < end; round++) {
+		loop_wake(l);
+		/* the second wake somewhere in the loop's wake-up and its read */
+		int64_t until = mono_ns() + rand_r(&seed) % 40000;
+		while (mono_ns() < until)
+			;
+		atomic_store(&wk_posted, round);
+		loop_wake(l);
+		/* a lost wake leaves the loop asleep for good: give it 500 ms */
+		int64_t give_up = mono_ns() + 500000000;
+		while (atomic_load(&wk_seen) < round) {
+			if (mono_ns() > give_up) {
+				atomic_store(&wk_lost, true);
+				loop_stop(l);
+				return NULL;
+			}
+		}
+	}
+	loop_stop(l);
+	return NULL;
+}
+
+static void test_no_wake_lost(void **state)
+{
+	struct fx *fx = *state;
+	pthread_t th;
+
+	loop_on_wake(fx->l, on_wake_seen, fx);
+	/* A tick, so that the loop still ends (sees its stop) when wakes are
+	 * lost; it never calls on_wake_seen. */
+	loop_set_due(fx->l, tick_due, tick, fx);
+	assert_int_equal(pthread_create(&th, NULL, pair_waker, fx->l), 0);
+	assert_int_equal(loop_run(fx->l), 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_false(atomic_load(&wk_lost));
+}
+
 static void *stopper(void *arg)
 {
 	loop_stop(arg);
@@ -374,6 +453,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_add_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_remove_inside_callback, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_wake_from_thread, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_no_wake_lost, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stop_from_thread, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_next_due_sizes_wait, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_before_sleep_each_turn, setup, teardown),
