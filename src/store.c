@@ -78,6 +78,7 @@ struct store {
 	bool read_only, lazy_meta;
 	size_t map_size, max_map_size;
 	uint64_t written, durable; /* txn ids: store_written(), store_durable() */
+	bool suspect;             /* a flush or commit failed: see committed() */
 	struct syncer *sy;        /* store_sync_background(), once started */
 	void (*sy_notify)(void *arg);
 	void *sy_arg;
@@ -1136,6 +1137,8 @@ struct syncer {
 	uint64_t want, tried;           /* under mu: asked up to; last flush started for */
 	bool quit;
 	_Atomic uint64_t done;          /* durable up to this, by the thread's flushes */
+	_Atomic bool busy;              /* a flush is under way */
+	_Atomic bool failed;            /* a flush failed (sticky) */
 };
 
 static void *syncer_main(void *arg)
@@ -1150,14 +1153,17 @@ static void *syncer_main(void *arg)
 			break;
 		uint64_t target = y->tried = y->want; /* its meta page was written before */
 		pthread_mutex_unlock(&y->mu);
+		atomic_store(&y->busy, true);
 		int rc = mdb_env_sync(s->env, 1);
 		if (rc == 0) {
 			atomic_store(&y->done, target);
-			if (s->sy_notify) /* not changed while the thread runs */
-				s->sy_notify(s->sy_arg);
 		} else {
-			log_warnx("STORE-SYNC %s (the next commit flushes again)", mdb_strerror(rc));
+			atomic_store(&y->failed, true);
+			log_warnx("STORE-SYNC %s", mdb_strerror(rc));
 		}
+		atomic_store(&y->busy, false);
+		if (s->sy_notify) /* not changed while the thread runs */
+			s->sy_notify(s->sy_arg);
 		pthread_mutex_lock(&y->mu);
 	}
 	pthread_mutex_unlock(&y->mu);
@@ -1202,6 +1208,8 @@ static void syncer_stop(struct store *s)
 	pthread_cond_signal(&y->cv);
 	pthread_mutex_unlock(&y->mu);
 	pthread_join(y->th, NULL);
+	if (atomic_load(&y->failed))
+		s->suspect = true;
 	pthread_mutex_destroy(&y->mu);
 	pthread_cond_destroy(&y->cv);
 	free(y);
@@ -1215,11 +1223,34 @@ void store_set_sync_notify(struct store *s, void (*fn)(void *arg), void *arg)
 	s->sy_arg = arg;
 }
 
+/*
+ * A failed flush breaks the rule that lets the store count a commit durable
+ * without flushing its meta page itself: "the next flush takes it along".
+ * Linux reports a writeback error once, to one fdatasync, and marks the page
+ * clean: a meta page that failed to reach the device stays in the page cache
+ * as if written, and a later flush succeeds without writing it. So after a
+ * failure (suspect) nothing written before it counts until a commit made
+ * after it has had its own meta page flushed: recover() makes that commit
+ * (the counters row rewritten, if no other comes) and that flush, on the
+ * loop, with the syncer stopped so that no other flush can take the error.
+ * PostgreSQL's answer to the same kernel behaviour is to stop; LMDB can go
+ * on, because every meta page describes the whole tree and each commit's
+ * data pages had their own, successful, flush.
+ */
+static int touch_fn(struct store_txn *t, void *arg)
+{
+	(void)arg;
+	struct meta *m;
+	return meta_get(t, &m); /* rewritten by meta_flush: a commit */
+}
+
 int store_sync_background(struct store *s)
 {
 	int rc;
 	if (store_durable(s) == s->written)
 		return 0;
+	if (s->suspect || (s->sy && atomic_load(&s->sy->failed)))
+		return store_sync(s);
 	if (!s->sy && (rc = syncer_start(s)) < 0)
 		return rc;
 	pthread_mutex_lock(&s->sy->mu);
@@ -1233,37 +1264,75 @@ int store_sync_background(struct store *s)
 
 uint64_t store_durable(struct store *s)
 {
-	if (s->sy) {
-		uint64_t d = atomic_load(&s->sy->done);
-		if (d > s->durable)
-			s->durable = d;
+	if (s->sy && !s->suspect) {
+		if (atomic_load(&s->sy->failed))
+			s->suspect = true; /* done may cover a page the error lost */
+		else if (atomic_load(&s->sy->done) > s->durable)
+			s->durable = atomic_load(&s->sy->done);
 	}
 	return s->durable;
+}
+
+/* With the syncer stopped (no other flush to take an error), flush the meta
+ * page of the last commit, made after the failure: what it describes is
+ * then on the device, whatever was lost before. */
+static void flush_own_meta(struct store *s)
+{
+	syncer_stop(s);
+	int rc = mdb_env_sync(s->env, 1);
+	if (rc) {
+		log_warnx("STORE-SYNC %s (still holding what waits for it)", mdb_strerror(rc));
+		s->suspect = true;
+		return;
+	}
+	s->durable = s->written;
+	if (s->suspect)
+		log_info("STORE-SYNC recovered: flushes succeed again");
+	s->suspect = false;
 }
 
 int store_sync(struct store *s)
 {
 	if (store_durable(s) == s->written)
 		return 0;
-	int rc = mdb_env_sync(s->env, 1);
-	if (rc) {
-		log_warnx("STORE-SYNC %s", mdb_strerror(rc));
-		return EC_ESTORE;
+	syncer_stop(s); /* no flush of its beside ours; its failure, if any, is now ours */
+	if (s->suspect) {
+		/* a commit after the failure; committed() flushes its meta page */
+		int rc = store_write(s, touch_fn, NULL);
+		return rc < 0 ? rc : s->suspect ? EC_ESTORE : 0;
 	}
-	s->durable = s->written;
-	return 0;
+	flush_own_meta(s);
+	return s->durable == s->written ? 0 : EC_ESTORE;
 }
 
-/* After a commit: LMDB skips a transaction that changed nothing (no new id,
- * no sync). Otherwise its data sync also flushed the meta page the commit
- * before left unsynced. */
+/* After a successful commit. LMDB skips a transaction that changed nothing
+ * (no new id, no sync). Otherwise its data sync also flushed the meta page
+ * the commit before left unsynced, so that commit is durable now, unless a
+ * flush has failed (see above) or the syncer's flush ran beside ours and may
+ * have taken an error meant for us. (busy is read before failed: the syncer
+ * sets failed before it clears busy.) */
 static void committed(struct store *s)
 {
 	MDB_envinfo info;
 	if (mdb_env_info(s->env, &info) != 0 || info.me_last_txnid == s->written)
 		return;
-	s->durable = s->lazy_meta ? s->written : info.me_last_txnid;
+	uint64_t prev = s->written;
 	s->written = info.me_last_txnid;
+	if (!s->lazy_meta) {
+		s->durable = s->written;
+		return;
+	}
+	if (s->sy && !s->suspect) {
+		bool busy = atomic_load(&s->sy->busy);
+		if (atomic_load(&s->sy->failed))
+			s->suspect = true;
+		else if (busy)
+			return; /* prev waits for the syncer or the next commit */
+	}
+	if (s->suspect)
+		flush_own_meta(s);
+	else
+		s->durable = prev;
 }
 
 int store_write(struct store *s, store_txn_fn fn, void *arg)
@@ -1293,6 +1362,8 @@ int store_write(struct store *s, store_txn_fn fn, void *arg)
 				committed(s);
 				return 0;
 			}
+			if (mrc != MDB_MAP_FULL)
+				s->suspect = true; /* its flush may have taken another's error */
 			rc = xl(&t, mrc);
 			if (!t.map_full)
 				return rc;

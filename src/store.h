@@ -80,13 +80,18 @@ int store_write(struct store *s, store_txn_fn fn, void *arg);
  * that changed nothing commits nothing and moves neither. */
 uint64_t store_written(const struct store *s);
 uint64_t store_durable(struct store *s);
-/* Make everything written durable (one device flush; none if it already is). */
+/* Make everything written durable (one device flush; none if it already is).
+ * After a flush failed, a commit is made first (see store.c, "A failed
+ * flush"): 0 once its flush succeeded, else EC_ESTORE and nothing more is
+ * durable. */
 int store_sync(struct store *s);
 /* The same on a thread of the store's (started at the first call), for a
  * loop that has nothing else to do meanwhile: it returns at once, and fn
  * (store_set_sync_notify; it runs on that thread, so loop_wake() is about
- * all it may call) says when store_durable() has moved. Setting fn stops
- * the thread first: set NULL before what fn wakes is freed. */
+ * all it may call) says when the flush is over, and store_durable() may have
+ * moved. After a failed flush it is store_sync(), on the caller's thread.
+ * Setting fn stops the thread first: set NULL before what fn wakes is
+ * freed. */
 int store_sync_background(struct store *s);
 void store_set_sync_notify(struct store *s, void (*fn)(void *arg), void *arg);
 /* Run fn in a read transaction (a consistent snapshot). */

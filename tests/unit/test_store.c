@@ -7,11 +7,15 @@
  * chain), skip rules, cancel and retry, timers, the outbox, reopening, map
  * growth and store_full, and a read-only opener beside the writer.
  */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <cmocka.h>
 #include <lmdb.h>
 
@@ -451,6 +455,95 @@ static void test_lazy_meta(void **state)
 	assert_true(store_durable(f->s) == store_written(f->s));
 	assert_int_equal(store_sync(f->s), 0); /* nothing to do */
 	assert_int_equal(tu_state(f->s, "c"), TS_READY);
+}
+
+/* LMDB's flushes come here (the test binary's definition interposes libc's
+ * for liblmdb): fail_syncs > 0 fails that many with EIO, as a device may. */
+static atomic_int fail_syncs, syncs;
+
+int fdatasync(int fd)
+{
+	atomic_fetch_add(&syncs, 1);
+	if (atomic_load(&fail_syncs) > 0) {
+		atomic_fetch_sub(&fail_syncs, 1);
+		errno = EIO;
+		return -1;
+	}
+	return (int)syscall(SYS_fdatasync, fd);
+}
+
+static void count_notify(void *arg)
+{
+	atomic_fetch_add((atomic_int *)arg, 1);
+}
+
+/*
+ * After a failed flush nothing written before it counts as durable until a
+ * commit made after it has flushed its own meta page: Linux reports a
+ * writeback error to one fdatasync only and marks the page clean, so a later
+ * flush that succeeds proves nothing about a meta page the failed one held.
+ */
+static void test_sync_failure(void **state)
+{
+	struct fx *f = *state;
+	struct submission sub;
+	atomic_int notified = 0;
+	store_close(f->s);
+	struct store_opts o = { .dir = f->dir, .map_size = 8 << 20, .max_map_size = 256 << 20,
+				.lazy_meta = true };
+	assert_int_equal(store_open(&o, &f->s), 0);
+	uint64_t w0 = store_written(f->s);
+	add_task(f->s, "a", NULL);
+	uint64_t w1 = store_written(f->s);
+
+	/* The background flush of a fails: a stays where it was. */
+	store_set_sync_notify(f->s, count_notify, &notified);
+	atomic_store(&fail_syncs, 1);
+	assert_int_equal(store_sync_background(f->s), 0);
+	for (int i = 0; i < 5000 && atomic_load(&notified) == 0; i++)
+		usleep(1000);
+	assert_int_equal(atomic_load(&notified), 1);
+	assert_true(store_durable(f->s) == w0);
+
+	/* The next commit's data flush does not take a's meta page along as
+	 * it would otherwise; it flushes its own, and that covers both. */
+	int s0 = atomic_load(&syncs);
+	add_task(f->s, "b", NULL);
+	uint64_t w2 = store_written(f->s);
+	assert_true(w2 > w1);
+	assert_true(store_durable(f->s) == w2);
+	assert_int_equal(atomic_load(&syncs) - s0, 2);
+	/* ... and the store is back to one flush per commit. */
+	s0 = atomic_load(&syncs);
+	add_task(f->s, "c", NULL);
+	assert_true(store_durable(f->s) == w2);
+	assert_int_equal(atomic_load(&syncs) - s0, 1);
+
+	/* A commit whose flush fails commits nothing; what waited still waits
+	 * (its flush may have taken the error of c's meta page). */
+	uint64_t w3 = store_written(f->s);
+	atomic_store(&fail_syncs, 1);
+	tu_sub_task(&sub, "d", NULL);
+	assert_int_not_equal(tu_submit(f->s, &sub, NULL), 0);
+	assert_true(store_written(f->s) == w3 && store_durable(f->s) == w2);
+	/* A blocking sync then commits anew and flushes that commit's meta. */
+	assert_int_equal(store_sync(f->s), 0);
+	assert_true(store_written(f->s) > w3);
+	assert_true(store_durable(f->s) == store_written(f->s));
+	assert_int_equal(tu_state(f->s, "c"), TS_READY);
+	assert_int_equal(tu_state(f->s, "d"), -1);
+
+	/* A blocking sync that fails claims nothing, and the next one
+	 * recovers the same way. */
+	add_task(f->s, "e", NULL);
+	uint64_t w4 = store_written(f->s), d4 = store_durable(f->s);
+	atomic_store(&fail_syncs, 1);
+	assert_int_not_equal(store_sync(f->s), 0);
+	assert_true(store_durable(f->s) == d4 && d4 < w4);
+	assert_int_equal(store_sync(f->s), 0);
+	assert_true(store_durable(f->s) == store_written(f->s));
+	store_set_sync_notify(f->s, NULL, NULL);
+	assert_int_equal(tu_check(f->s), 0);
 }
 
 static void test_leases_never_reused(void **state)
@@ -1839,6 +1932,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_read_only_beside_writer, setup, teardown),
 		cmocka_unit_test(test_open_errors),
 		cmocka_unit_test_setup_teardown(test_lazy_meta, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sync_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_state_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unmap, setup, teardown),
 	};
