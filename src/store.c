@@ -1210,6 +1210,8 @@ static void syncer_stop(struct store *s)
 	pthread_join(y->th, NULL);
 	if (atomic_load(&y->failed))
 		s->suspect = true;
+	else if (!s->suspect && atomic_load(&y->done) > s->durable)
+		s->durable = atomic_load(&y->done); /* a flush it finished */
 	pthread_mutex_destroy(&y->mu);
 	pthread_cond_destroy(&y->cv);
 	free(y);
@@ -1380,6 +1382,9 @@ int store_write(struct store *s, store_txn_fn fn, void *arg)
 		size_t grow = s->map_size * 2;
 		if (grow > s->max_map_size || grow < s->map_size)
 			grow = s->max_map_size;
+		/* The syncer's mdb_env_sync must not run while the map moves
+		 * (LMDB 0.9.24's reads no map field, later versions' do). */
+		syncer_stop(s);
 		if (mdb_env_set_mapsize(s->env, grow) != 0)
 			return EC_ESTORE;
 		log_info("STORE-GROW map %zu -> %zu bytes", s->map_size, grow);
