@@ -79,6 +79,7 @@ struct store {
 	size_t map_size, max_map_size;
 	uint64_t written, durable; /* txn ids: store_written(), store_durable() */
 	bool suspect;             /* a flush or commit failed: see committed() */
+	uint32_t schema;          /* as stored (older only when read-only) */
 	struct syncer *sy;        /* store_sync_background(), once started */
 	void (*sy_notify)(void *arg);
 	void *sy_arg;
@@ -936,6 +937,7 @@ static int check_schema(struct store *s, MDB_txn *txn, bool create)
 	uint8_t b[4] = { STORE_SCHEMA_VERSION, 0, 0, 0 };
 	MDB_val nv = mv(b, 4);
 	int rc = mdb_get(txn, s->dbi[DB_META], &k, &v);
+	s->schema = STORE_SCHEMA_VERSION;
 	if (rc == MDB_NOTFOUND && create)
 		return mdb_put(txn, s->dbi[DB_META], &k, &nv, 0) ? EC_ESTORE : 0;
 	if (rc || v.mv_size != 4)
@@ -947,8 +949,12 @@ static int check_schema(struct store *s, MDB_txn *txn, bool create)
 			  STORE_SCHEMA_VERSION);
 		return EC_ESTORE;
 	}
-	if (ver == STORE_SCHEMA_VERSION || !create)
+	if (ver == STORE_SCHEMA_VERSION)
 		return 0;
+	if (!create) {
+		s->schema = ver;
+		return 0;
+	}
 	size_t kept;
 	if (rebuild_state_index(s, txn, &kept) < 0)
 		return EC_ESTORE;
@@ -3165,7 +3171,9 @@ static int check_task(struct store_txn *t, const MDB_val *kv, const MDB_val *vv,
 		goto out;
 	}
 	k->counts[st]++;
-	if (state_indexed(st) && !has_key(t, DB_STATE, key, state_key(key, st, id), NULL)) {
+	/* up to schema 2 (a read-only open has not upgraded) every task is */
+	if ((t->s->schema < 3 || state_indexed(st)) &&
+	    !has_key(t, DB_STATE, key, state_key(key, st, id), NULL)) {
 		rc = bad(k, "task %s has no state index entry for %s", id, task_state_name(st));
 		goto out;
 	}
@@ -3353,15 +3361,17 @@ int store_check(struct store_txn *t, char *why, size_t why_len)
 		goto out;
 	if ((rc = t->write ? meta_get(t, &m) : meta_read(t, &mm)) < 0)
 		goto out;
+	uint64_t all = 0;
 	for (int i = 0; i < TS__COUNT; i++) {
 		if (k.counts[i] != m->counts[i]) {
 			rc = bad(&k, "count of state %s wrong%s", task_state_name(i), "");
 			goto out;
 		}
+		all += k.counts[i];
 	}
 	/* Each table's entries, against what the task records account for. */
 	const struct { int db; uint64_t want; const char *what; } tables[] = {
-		{ DB_STATE, k.counts[TS_DISPATCHED] + k.counts[TS_RUNNING],
+		{ DB_STATE, t->s->schema < 3 ? all : k.counts[TS_DISPATCHED] + k.counts[TS_RUNNING],
 		  "state index has entries for tasks not at an agent" },
 		{ DB_RDEPS, k.edges, "rdeps holds edges no task declares" },
 		{ DB_READY, k.ready, "ready queue holds tasks that are not ready" },

@@ -372,6 +372,7 @@ static void test_upgrade_state_index(void **state)
 	struct store *ro = open_at(f->dir, 8 << 20, 256 << 20, true);
 	for (size_t i = 0; i < 4; i++)
 		assert_true(indexed_as(ro, ids[i], st[i]));
+	assert_int_equal(tu_check(ro), 0); /* edgecoordctl fsck before the upgrade */
 	store_close(ro);
 
 	f->s = open_at(f->dir, 8 << 20, 256 << 20, false);
