@@ -1076,22 +1076,29 @@ void store_set_observer(struct store *s, store_observer_fn fn, void *arg)
 }
 
 /* LMDB does not say where its map is (me_mapaddr is set for MDB_FIXEDMAP
- * only): it is this process's mapping of the data file at offset 0. */
+ * only), but what a read transaction returns points into it: the mapping
+ * that holds the schema row is the map. (Not matched by the data file's
+ * device and inode: on overlayfs or a btrfs subvolume those in
+ * /proc/self/maps are not the ones fstat() gives.) */
+static int map_addr_fn(struct store_txn *t, void *arg)
+{
+	MDB_val k = mv("schema", 6), v;
+	if (mdb_get(t->txn, t->s->dbi[DB_META], &k, &v) != 0)
+		return EC_ESTORE;
+	*(uintptr_t *)arg = (uintptr_t)v.mv_data;
+	return 0;
+}
+
 void store_unmap(struct store *s)
 {
-	struct stat st;
-	int fd;
+	uintptr_t at = 0;
 	char line[512];
 	FILE *f;
-	if (mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &st) < 0 ||
-	    !(f = fopen("/proc/self/maps", "re")))
+	if (store_read(s, map_addr_fn, &at) != 0 || !(f = fopen("/proc/self/maps", "re")))
 		return;
 	while (fgets(line, sizeof line, f)) {
-		unsigned long lo, hi, off, ino;
-		unsigned maj, mnr;
-		if (sscanf(line, "%lx-%lx %*s %lx %x:%x %lu", &lo, &hi, &off, &maj, &mnr, &ino) == 6 &&
-		    off == 0 && ino == st.st_ino && maj == major(st.st_dev) &&
-		    mnr == minor(st.st_dev)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && lo <= at && at < hi) {
 			madvise((void *)lo, hi - lo, MADV_DONTNEED);
 			break;
 		}
