@@ -526,6 +526,7 @@ static void test_sync_failure(void **state)
 	atomic_store(&fail_syncs, 1);
 	tu_sub_task(&sub, "d", NULL);
 	assert_int_not_equal(tu_submit(f->s, &sub, NULL), 0);
+	submission_fini(&sub);
 	assert_true(store_written(f->s) == w3 && store_durable(f->s) == w2);
 	/* A blocking sync then commits anew and flushes that commit's meta. */
 	assert_int_equal(store_sync(f->s), 0);
