@@ -71,6 +71,7 @@ struct config {
 		int64_t map_size_bytes;
 		int64_t max_map_size_bytes;
 		int64_t keep_final_s;   /* 0 = final tasks are kept forever */
+		int64_t max_unfinished; /* 0 = no limit */
 	} coordinator;
 	struct {
 		char *uri;

@@ -604,6 +604,7 @@ int main(int argc, char **argv)
 		.map_size = (size_t)d.cfg.coordinator.map_size_bytes,
 		.max_map_size = (size_t)d.cfg.coordinator.max_map_size_bytes,
 		.lazy_meta = true, /* coord holds what a commit lets out (coord.h) */
+		.max_unfinished = (uint64_t)d.cfg.coordinator.max_unfinished,
 	};
 	rc = store_open(&so, &d.store);
 	if (rc < 0) {

@@ -79,6 +79,7 @@ struct store {
 	uint64_t written, durable; /* txn ids: store_written(), store_durable() */
 	bool suspect;             /* a flush or commit failed: see committed() */
 	uint32_t schema;          /* as stored (older only when read-only) */
+	uint64_t max_unfinished;  /* store_opts */
 	struct syncer *sy;        /* store_sync_background(), once started */
 	void (*sy_notify)(void *arg);
 	void *sy_arg;
@@ -1004,6 +1005,7 @@ int store_open(const struct store_opts *o, struct store **out)
 	 * the next sync (store.h). NOTLS: read txns are not tied to a thread
 	 * slot, so a read may run while another is open. */
 	s->lazy_meta = o->lazy_meta && !o->read_only;
+	s->max_unfinished = o->max_unfinished;
 	rc = mdb_env_open(s->env, o->dir,
 			  MDB_NOTLS | (o->read_only ? MDB_RDONLY : 0) |
 			  (s->lazy_meta ? MDB_NOMETASYNC : 0), 0600);
@@ -2470,6 +2472,29 @@ static bool near_full(struct store_txn *t)
 	return used > s->map_size / 100 * FULL_PERCENT;
 }
 
+/* Every unfinished task may become ready, and a ready one costs the
+ * scheduler's index memory: past max_unfinished a gateway would run out of
+ * it, at once or at the next start, when the index is built again. */
+static int too_many(struct store_txn *t, uint32_t adding, struct sub_error *err)
+{
+	struct meta *m;
+	uint64_t n = 0;
+	int rc;
+	if (!t->s->max_unfinished)
+		return 0;
+	if ((rc = meta_get(t, &m)) < 0)
+		return rc;
+	for (int i = 0; i < TS__COUNT; i++)
+		if (!task_state_final(i))
+			n += m->counts[i];
+	if (n + adding <= t->s->max_unfinished)
+		return 0;
+	char held[24];
+	snprintf(held, sizeof held, "%llu", (unsigned long long)n);
+	return sub_fail(err, EC_ESTORE_FULL, NULL,
+			"the store holds %s unfinished tasks (coordinator.max_unfinished)", held);
+}
+
 int store_submit(struct store_txn *t, const struct submission *sub, const char *source,
 		 uint32_t max_pending, int64_t now_ms, struct submit_result *res,
 		 struct sub_error *err)
@@ -2498,6 +2523,8 @@ int store_submit(struct store_txn *t, const struct submission *sub, const char *
 	}
 	if (near_full(t))
 		return sub_fail(err, EC_ESTORE_FULL, NULL, "the store is full%s", "");
+	if ((rc = too_many(t, sub->ntasks, err)) != 0)
+		return rc;
 	rc = store_nested(t, submit_fn, &c);
 	if (rc == EC_ESTORE_FULL)
 		sub_fail(err, EC_ESTORE_FULL, NULL, "the store is full%s", "");

@@ -55,6 +55,8 @@ struct store_opts {
 	size_t max_map_size;    /* the map grows up to this, bytes */
 	bool read_only;         /* edgecoordctl: MDB_RDONLY */
 	bool lazy_meta;         /* MDB_NOMETASYNC: see the file comment */
+	uint64_t max_unfinished; /* store_submit refuses beyond this many tasks
+				  * not final (EC_ESTORE_FULL); 0 = no limit */
 };
 
 /* Open (and create or migrate) the environment; clears stale readers.
@@ -184,8 +186,9 @@ struct submit_result {
  * are already final). Same id and same content as stored: *res->duplicate,
  * nothing written. Different content: EC_ECONFLICT. A dependency of a plain
  * task that is neither stored nor in the batch: EC_EUNKNOWN_DEP. A map that
- * cannot grow past its high-water mark: EC_ESTORE_FULL (submissions are
- * refused before the map is truly full so that stored work can progress).
+ * cannot grow past its high-water mark, or more unfinished tasks than
+ * max_unfinished: EC_ESTORE_FULL (submissions are refused before the map is
+ * truly full so that stored work can progress).
  * Quota (max_pending > 0): EC_EQUOTA. Errors fill *err.
  */
 int store_submit(struct store_txn *t, const struct submission *sub, const char *source,

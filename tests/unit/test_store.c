@@ -699,6 +699,36 @@ static int pending_fn(struct store_txn *t, void *arg)
 	return store_pending_count(t, "src", arg);
 }
 
+/* The store as a whole holds at most max_unfinished tasks that are not
+ * final, whatever their source: the scheduler's memory grows with them. */
+static void test_max_unfinished(void **state)
+{
+	struct fx *f = *state;
+	struct submission sub;
+	store_close(f->s);
+	struct store_opts o = { .dir = f->dir, .map_size = 8 << 20, .max_map_size = 256 << 20,
+				.max_unfinished = 3 };
+	assert_int_equal(store_open(&o, &f->s), 0);
+	add_task(f->s, "u0", NULL);
+	add_task(f->s, "u1", NULL);
+	/* A workflow of two would make four: refused whole, named. */
+	tu_sub_chain(&sub, "wf", 2, true);
+	struct tu_submit a = { .sub = &sub, .source = "other", .now = 1 };
+	assert_int_equal(store_write(f->s, tu_submit_fn, &a), EC_ESTORE_FULL);
+	assert_int_equal(a.err.code, EC_ESTORE_FULL);
+	assert_non_null(strstr(a.err.detail, "holds 2 unfinished tasks"));
+	assert_int_equal(tu_state(f->s, "wf:s0"), -1);
+	/* A final task makes room; a duplicate of a stored one is no new task. */
+	assert_int_equal(tu_move(f->s, "u0", TS_CANCELLED, 0, NULL), 0);
+	assert_int_equal(store_write(f->s, tu_submit_fn, &a), 0);
+	assert_int_equal(tu_state(f->s, "wf:s0"), TS_READY);
+	memset(&a.res, 0, sizeof a.res);
+	assert_int_equal(store_write(f->s, tu_submit_fn, &a), 0);
+	assert_true(a.res.duplicate);
+	submission_fini(&sub);
+	assert_int_equal(tu_check(f->s), 0);
+}
+
 static void test_quota(void **state)
 {
 	struct fx *f = *state;
@@ -1915,6 +1945,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_duplicate_writes_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_dep, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_quota, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_max_unfinished, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_atomic_refusal, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_diamond, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_wide, setup, teardown),
