@@ -100,8 +100,8 @@ static const struct keydef keys[] = {
 	{ "coordinator", "max_unfinished", CT_INT, OFF(coordinator.max_unfinished), 0,
 	  1000000000, "500000", NULL, NULL, NULL, 0,
 	  "Tasks accepted and not yet final that the store may hold; beyond it submissions are "
-	  "refused with store_full. Each ready task costs the scheduler about 110 bytes of "
-	  "memory, so the default bounds it near 55 MiB; 0 = no limit." },
+	  "refused with store_full. Each ready task costs the scheduler about 120 bytes of "
+	  "memory, so the default bounds it near 60 MiB; 0 = no limit." },
 	{ "coordinator", "keep_final_s", CT_INT, OFF(coordinator.keep_final_s), 0, 4294967295LL,
 	  "604800", NULL, NULL, NULL, 0,
 	  "Seconds a finished task (or a whole finished workflow) stays in the store, then it is "
