@@ -1246,9 +1246,9 @@ void store_set_sync_notify(struct store *s, void (*fn)(void *arg), void *arg)
  * clean: a meta page that failed to reach the device stays in the page cache
  * as if written, and a later flush succeeds without writing it. So after a
  * failure (suspect) nothing written before it counts until a commit made
- * after it has had its own meta page flushed: recover() makes that commit
- * (the counters row rewritten, if no other comes) and that flush, on the
- * loop, with the syncer stopped so that no other flush can take the error.
+ * after it has had its own meta page flushed (flush_own_meta, on the loop,
+ * with the syncer stopped so that no other flush can take the error): the
+ * next commit's, or one store_sync() makes for it (touch_fn).
  * PostgreSQL's answer to the same kernel behaviour is to stop; LMDB can go
  * on, because every meta page describes the whole tree and each commit's
  * data pages had their own, successful, flush.
