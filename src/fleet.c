@@ -127,9 +127,11 @@ struct fleet {
 	VEC(struct outframe) out;
 	VEC(struct outframe) held;      /* committed, not yet durable (no work) */
 	VEC(char *) unready;
+	VEC(char *) reindex;            /* picks given back: index them again from
+	                                   the store (until a commit) */
 	struct sched_decision picks[PICKS_MAX];
 	int npicks;
-	bool picked;                    /* picks made for this flush (reused on rerun) */
+	bool picked;                    /* picks made for this transaction */
 	bool health_rows;               /* this turn writes health rows */
 	/* timing */
 	int64_t now_real, now_mono;
@@ -795,11 +797,64 @@ static int dispatch_one(struct fleet *f, struct store_txn *t, const struct sched
 	return rc;
 }
 
+/*
+ * Give back this transaction's picks: it did not commit (or runs again), so
+ * their tasks are still ready in the store. sched_pick took them out of the
+ * ready index; apply_reindex() puts them back from the store in the next
+ * try, which then picks afresh, seeing the slots that recall_early() holds.
+ */
+static void unpick(struct fleet *f)
+{
+	for (int i = 0; i < f->npicks; i++) {
+		const struct sched_decision *d = &f->picks[i];
+		char *id = strdup(d->task_id), **e;
+		sched_task_finished(f->sc, d->agent, d->type, SCHED_OUT_ABORT, 0, f->now_mono);
+		if (!id || VEC_PUSH(f->reindex, e) < 0) {
+			free(id);
+			log_warnx("out of memory: ready task %s waits for a restart", d->task_id);
+			continue;
+		}
+		*e = id;
+	}
+	f->npicks = 0;
+	f->picked = false;
+}
+
+static int apply_reindex(struct fleet *f, struct store_txn *t)
+{
+	for (size_t i = 0; i < f->reindex.n; i++) {
+		const char *id = f->reindex.v[i];
+		struct task_rec r;
+		if (sched_ready_has(f->sc, id))
+			continue;
+		int rc = store_task_get(t, id, &r);
+		if (rc == EC_ENOTFOUND)
+			continue;
+		if (rc < 0)
+			return rc;
+		if (r.state == TS_READY)
+			rc = sched_ready_add_spec(f->sc, &r.spec, r.ready_ms ? r.ready_ms : f->now_real);
+		task_rec_fini(&r);
+		if (rc < 0 && rc != -EEXIST)
+			return rc;
+	}
+	return 0;
+}
+
+static void reindex_clear(struct fleet *f)
+{
+	for (size_t i = 0; i < f->reindex.n; i++)
+		free(f->reindex.v[i]);
+	f->reindex.n = 0;
+}
+
 static int apply_dispatch(struct fleet *f, struct store_txn *t)
 {
 	if (!f->link)
 		return 0;
-	int rc = 0;
+	int rc = apply_reindex(f, t);
+	if (rc < 0)
+		return rc;
 	if (!f->picked) {
 		int n = sched_pick(f->sc, f->now_mono, f->picks, PICKS_MAX);
 		f->npicks = n < 0 ? 0 : n;
@@ -1051,7 +1106,10 @@ static bool hook_pending(void *arg)
 static void hook_begin(void *arg)
 {
 	struct fleet *f = arg;
-	recall_early(f); /* a rerun: the last try's work did not commit */
+	/* A rerun: the last try's work did not commit. Its picks are not reused:
+	 * their agents may still be busy with the recalled leases. */
+	recall_early(f);
+	unpick(f);
 	turn_reset(f);
 	f->now_real = loop_realtime_ms();
 	f->now_mono = loop_now_ms();
@@ -1249,18 +1307,12 @@ static void hook_committed(int rc, void *arg)
 
 	if (rc < 0) {
 		recall_early(f);
-		/* Undo the picks: those tasks are still ready in the store. */
-		for (int i = 0; i < f->npicks; i++) {
-			const struct sched_decision *d = &f->picks[i];
-			sched_task_finished(f->sc, d->agent, d->type, SCHED_OUT_ABORT, 0,
-					    f->now_mono);
-		}
-		f->npicks = 0;
-		f->picked = false;
+		unpick(f); /* those tasks are still ready in the store */
 		f->kick = true;
 		turn_reset(f);
 		return;
 	}
+	reindex_clear(f); /* apply_reindex() did its work in this commit */
 	/* In-memory scheduler view follows the committed store. */
 	for (size_t i = 0; i < f->unready.n; i++)
 		sched_ready_remove(f->sc, f->unready.v[i]);
@@ -1501,6 +1553,7 @@ void fleet_free(struct fleet *f)
 	if (!f)
 		return;
 	turn_reset(f);
+	reindex_clear(f);
 	for (size_t i = 0; i < f->agents.n; i++) {
 		agent_clear_caps(&f->agents.v[i]);
 		free(f->agents.v[i].orphan);
@@ -1513,6 +1566,7 @@ void fleet_free(struct fleet *f)
 	free(f->out.v);
 	free(f->held.v);
 	free(f->unready.v);
+	free(f->reindex.v);
 	free(f);
 }
 
