@@ -16,6 +16,15 @@
  * ready. That is safe to repeat (a released lease is released once; the store
  * is asked again before any dispatch), which is what a failed transaction
  * amounts to. Only removals from the ready index wait for the commit.
+ *
+ * A slot is not free just because its task left the agent. A dispatch that
+ * is cancelled (by an operator, its timeout or its deadline) or recalled
+ * (its commit failed) still runs on the agent until the agent stops it and
+ * sends its result, and the agent refuses work beyond its slots. So such a
+ * lease becomes an orphan of its agent (struct agent's orphan list): the
+ * task moves on at once, but the scheduler counts the lease's slot as held
+ * until the agent answers it: its result arrives, or its hello no longer
+ * lists it, or its session ends.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -54,6 +63,11 @@ struct agent {
 	uint64_t ok, failed;            /* outcomes since first seen (persisted) */
 	bool known_to_sched;            /* said hello since this start */
 	bool changed;                   /* state changed: publish at once */
+	/* Leases of this session whose task has left the agent (cancelled,
+	 * timed out, recalled, unknown after a restart) and which it has not
+	 * answered yet: each holds a slot (sched_agent_set_held). */
+	uint64_t *orphan;
+	size_t norphan, caporphan;
 };
 
 struct run {                            /* a dispatch in flight */
@@ -93,6 +107,7 @@ struct outframe {                       /* a frame to send after the commit
 	size_t payload_len, inputs_len;
 	uint64_t timeout_ms;
 	bool sent;                      /* work: sent before the commit */
+	bool queued;                    /* work: the link took it */
 	uint64_t gen;                   /* f->held: the commit it waits for */
 };
 
@@ -112,9 +127,11 @@ struct fleet {
 	VEC(struct outframe) out;
 	VEC(struct outframe) held;      /* committed, not yet durable (no work) */
 	VEC(char *) unready;
+	VEC(char *) reindex;            /* picks given back: index them again from
+	                                   the store (until a commit) */
 	struct sched_decision picks[PICKS_MAX];
 	int npicks;
-	bool picked;                    /* picks made for this flush (reused on rerun) */
+	bool picked;                    /* picks made for this transaction */
 	bool health_rows;               /* this turn writes health rows */
 	/* timing */
 	int64_t now_real, now_mono;
@@ -178,6 +195,87 @@ static void agent_changed(struct fleet *f, struct agent *a)
 {
 	a->changed = true;
 	f->kick = true;
+}
+
+/* ---- orphaned leases (see the top of this file) ------------------------------------ */
+
+static void orphans_publish(struct fleet *f, struct agent *a)
+{
+	sched_agent_set_held(f->sc, a->id, (uint32_t)a->norphan);
+}
+
+/*
+ * The agent holds lease, whose task has left it: keep its slot until the
+ * agent answers. Only for a live session: without one the agent gets no
+ * work anyway, and its next hello says what it still holds. Idempotent, so
+ * that a rerun transaction may add it again.
+ *
+ * There is no time limit. A well-behaved agent answers every lease (the
+ * protocol asks for exactly one result per work); one that goes on running
+ * a cancelled job really has no free slot, and work sent to it would only
+ * be refused. An agent that never answers loses that slot until its session
+ * ends or it says hello again; the orphans it can hold are bounded by its
+ * slots plus what one hello lists.
+ */
+static int orphan_add(struct fleet *f, const char *agent, uint64_t lease)
+{
+	struct agent *a = agent_find(f, agent);
+	if (!a || !a->live || !lease)
+		return 0;
+	for (size_t i = 0; i < a->norphan; i++)
+		if (a->orphan[i] == lease)
+			return 0;
+	if (vec_grow((void **)&a->orphan, &a->caporphan, a->norphan + 1, sizeof *a->orphan) < 0)
+		return -ENOMEM;
+	a->orphan[a->norphan++] = lease;
+	orphans_publish(f, a);
+	log_debug("SLOT-HELD %s lease=%llu until the agent answers it", a->id,
+		  (unsigned long long)lease);
+	return 0;
+}
+
+static void orphan_drop(struct fleet *f, struct agent *a, size_t i)
+{
+	log_debug("SLOT-FREED %s lease=%llu", a->id, (unsigned long long)a->orphan[i]);
+	a->orphan[i] = a->orphan[--a->norphan];
+	orphans_publish(f, a);
+	f->kick = true; /* a slot is free */
+}
+
+/* A result for lease came from agent: whatever it says, the job is over. */
+static void orphan_answered(struct fleet *f, const char *agent, uint64_t lease)
+{
+	struct agent *a = agent_find(f, agent);
+	for (size_t i = 0; a && i < a->norphan; i++)
+		if (a->orphan[i] == lease) {
+			orphan_drop(f, a, i);
+			return;
+		}
+}
+
+/* After a hello: keep only the orphans it still lists. */
+static void orphans_keep(struct fleet *f, const char *agent, const uint64_t *leases,
+			 size_t nleases)
+{
+	struct agent *a = agent_find(f, agent);
+	for (size_t i = 0; a && i < a->norphan;) {
+		bool listed = false;
+		for (size_t k = 0; k < nleases && !listed; k++)
+			listed = leases[k] == a->orphan[i];
+		if (listed)
+			i++;
+		else
+			orphan_drop(f, a, i);
+	}
+}
+
+/* The session ended: the agent's slots go with it. */
+static void orphans_clear(struct fleet *f, struct agent *a)
+{
+	if (!a->norphan)
+		return;
+	a->norphan = 0;
+	orphans_publish(f, a);
 }
 
 /* ---- runs (dispatches in flight, in memory) --------------------------------------- */
@@ -251,6 +349,8 @@ static int ack_later(struct fleet *f, const char *agent, uint64_t lease, bool ac
 	return rc;
 }
 
+/* The agent holds lease, and its task has left it: tell it to stop, and keep
+ * the slot until it answers (orphan_add). */
 static int cancel_later(struct fleet *f, const char *agent, uint64_t lease, const char *why)
 {
 	struct outframe *o;
@@ -259,7 +359,7 @@ static int cancel_later(struct fleet *f, const char *agent, uint64_t lease, cons
 	int rc = send_later(f, EC_F_CANCEL, agent, lease, &o);
 	if (rc == 0)
 		o->reason = why;
-	return rc;
+	return rc < 0 ? rc : orphan_add(f, agent, lease);
 }
 
 static void outframe_fini(struct outframe *o)
@@ -437,6 +537,10 @@ static int apply_up(struct fleet *f, struct store_txn *t, const struct fev *e)
 		if (!current)
 			rc = cancel_later(f, e->agent, e->leases[i], "lease no longer current");
 	}
+	/* Last, so that it also drops what lose_attempt() cancelled above: a
+	 * lease the agent does not list holds no slot. */
+	if (rc == 0)
+		orphans_keep(f, e->agent, e->leases, e->nleases);
 	free(h.v.v);
 	return rc;
 }
@@ -497,6 +601,7 @@ static int apply_result(struct fleet *f, struct store_txn *t, const struct fev *
 	bool current;
 	int rc = store_task_get(t, e->task, &r);
 
+	orphan_answered(f, e->agent, e->lease);
 	if (rc < 0 && rc != EC_ENOTFOUND)
 		return rc;
 	current = rc == 0 && r.lease == e->lease &&
@@ -692,10 +797,64 @@ static int dispatch_one(struct fleet *f, struct store_txn *t, const struct sched
 	return rc;
 }
 
+/*
+ * Give back this transaction's picks: it did not commit (or runs again), so
+ * their tasks are still ready in the store. sched_pick took them out of the
+ * ready index; apply_reindex() puts them back from the store in the next
+ * try, which then picks afresh, seeing the slots that recall_early() holds.
+ */
+static void unpick(struct fleet *f)
+{
+	for (int i = 0; i < f->npicks; i++) {
+		const struct sched_decision *d = &f->picks[i];
+		char *id = strdup(d->task_id), **e;
+		sched_task_finished(f->sc, d->agent, d->type, SCHED_OUT_ABORT, 0, f->now_mono);
+		if (!id || VEC_PUSH(f->reindex, e) < 0) {
+			free(id);
+			log_warnx("out of memory: ready task %s waits for a restart", d->task_id);
+			continue;
+		}
+		*e = id;
+	}
+	f->npicks = 0;
+	f->picked = false;
+}
+
+static int apply_reindex(struct fleet *f, struct store_txn *t)
+{
+	for (size_t i = 0; i < f->reindex.n; i++) {
+		const char *id = f->reindex.v[i];
+		struct task_rec r;
+		if (sched_ready_has(f->sc, id))
+			continue;
+		int rc = store_task_get(t, id, &r);
+		if (rc == EC_ENOTFOUND)
+			continue;
+		if (rc < 0)
+			return rc;
+		if (r.state == TS_READY)
+			rc = sched_ready_add_spec(f->sc, &r.spec, r.ready_ms ? r.ready_ms : f->now_real);
+		task_rec_fini(&r);
+		if (rc < 0 && rc != -EEXIST)
+			return rc;
+	}
+	return 0;
+}
+
+static void reindex_clear(struct fleet *f)
+{
+	for (size_t i = 0; i < f->reindex.n; i++)
+		free(f->reindex.v[i]);
+	f->reindex.n = 0;
+}
+
 static int apply_dispatch(struct fleet *f, struct store_txn *t)
 {
 	if (!f->link)
 		return 0;
+	int rc = apply_reindex(f, t);
+	if (rc < 0)
+		return rc;
 	if (!f->picked) {
 		int n = sched_pick(f->sc, f->now_mono, f->picks, PICKS_MAX);
 		f->npicks = n < 0 ? 0 : n;
@@ -703,12 +862,9 @@ static int apply_dispatch(struct fleet *f, struct store_txn *t)
 		if (n == PICKS_MAX)
 			f->kick = true; /* there may be more */
 	}
-	for (int i = 0; i < f->npicks; i++) {
-		int rc = dispatch_one(f, t, &f->picks[i]);
-		if (rc < 0)
-			return rc;
-	}
-	return 0;
+	for (int i = 0; rc == 0 && i < f->npicks; i++)
+		rc = dispatch_one(f, t, &f->picks[i]);
+	return rc;
 }
 
 /* ---- persisted figures -------------------------------------------------------------------------- */
@@ -916,6 +1072,8 @@ static void send_work_early(struct fleet *f)
 	send_frames(f, true);
 }
 
+/* The agent may already run what it was sent: each recalled lease holds its
+ * slot until the agent answers it, like any cancelled one. */
 static void recall_early(struct fleet *f)
 {
 	uint64_t top = 0;
@@ -924,6 +1082,9 @@ static void recall_early(struct fleet *f)
 		if (o->type != EC_F_WORK || !o->sent)
 			continue;
 		link_send_cancel(f->link, o->agent, o->lease, "dispatch not committed");
+		if (o->queued && orphan_add(f, o->agent, o->lease) < 0)
+			log_warnx("out of memory: the slot of lease %llu on %s is not held",
+				  (unsigned long long)o->lease, o->agent);
 		if (o->lease > top)
 			top = o->lease;
 	}
@@ -945,7 +1106,10 @@ static bool hook_pending(void *arg)
 static void hook_begin(void *arg)
 {
 	struct fleet *f = arg;
-	recall_early(f); /* a rerun: the last try's work did not commit */
+	/* A rerun: the last try's work did not commit. Its picks are not reused:
+	 * their agents may still be busy with the recalled leases. */
+	recall_early(f);
+	unpick(f);
 	turn_reset(f);
 	f->now_real = loop_realtime_ms();
 	f->now_mono = loop_now_ms();
@@ -1063,6 +1227,7 @@ static void send_one(struct fleet *f, struct outframe *o)
 		w.inputs_len = o->inputs_len;
 		w.timeout_ms = o->timeout_ms;
 		rc = link_send_work(f->link, o->agent, &w);
+		o->queued = rc == 0;
 		if (rc == 0)
 			log_debug("DISPATCH %s lease=%llu -> %s", o->task,
 				  (unsigned long long)o->lease, o->agent);
@@ -1142,18 +1307,12 @@ static void hook_committed(int rc, void *arg)
 
 	if (rc < 0) {
 		recall_early(f);
-		/* Undo the picks: those tasks are still ready in the store. */
-		for (int i = 0; i < f->npicks; i++) {
-			const struct sched_decision *d = &f->picks[i];
-			sched_task_finished(f->sc, d->agent, d->type, SCHED_OUT_ABORT, 0,
-					    f->now_mono);
-		}
-		f->npicks = 0;
-		f->picked = false;
+		unpick(f); /* those tasks are still ready in the store */
 		f->kick = true;
 		turn_reset(f);
 		return;
 	}
+	reindex_clear(f); /* apply_reindex() did its work in this commit */
 	/* In-memory scheduler view follows the committed store. */
 	for (size_t i = 0; i < f->unready.n; i++)
 		sched_ready_remove(f->sc, f->unready.v[i]);
@@ -1331,8 +1490,10 @@ static void on_state(void *ctx, const char *agent, enum link_agent_state st, con
 	case LINK_AGENT_DOWN:
 		a->live = false;
 		a->state = A_SUSPECT;
-		/* No session: no work for it, but nothing moves until offline. */
+		/* No session: no work for it, but nothing moves until offline.
+		 * Should it come back, its hello lists what it still holds. */
 		sched_agent_set_state(f->sc, agent, SCHED_AGENT_OFFLINE);
+		orphans_clear(f, a);
 		break;
 	case LINK_AGENT_SUSPECT:
 		a->state = A_SUSPECT;
@@ -1346,6 +1507,7 @@ static void on_state(void *ctx, const char *agent, enum link_agent_state st, con
 		a->live = false;
 		a->state = A_OFFLINE;
 		sched_agent_down(f->sc, agent);
+		orphans_clear(f, a);
 		queue_ev(f, FE_OFFLINE, agent);
 		log_warnx("AGENT-OFFLINE %s (%s): its tasks move to other agents", agent, why);
 		break;
@@ -1391,8 +1553,11 @@ void fleet_free(struct fleet *f)
 	if (!f)
 		return;
 	turn_reset(f);
-	for (size_t i = 0; i < f->agents.n; i++)
+	reindex_clear(f);
+	for (size_t i = 0; i < f->agents.n; i++) {
 		agent_clear_caps(&f->agents.v[i]);
+		free(f->agents.v[i].orphan);
+	}
 	for (size_t i = 0; i < f->evs.n; i++)
 		fev_fini(&f->evs.v[i]);
 	free(f->agents.v);
@@ -1401,6 +1566,7 @@ void fleet_free(struct fleet *f)
 	free(f->out.v);
 	free(f->held.v);
 	free(f->unready.v);
+	free(f->reindex.v);
 	free(f);
 }
 

@@ -9,10 +9,12 @@
  * dispatched with a new lease -> `work` frame, sent before the commit; see
  * send_work_early() in fleet.c); results with
  * fencing (a result whose lease is not the task's current one is acked as
- * discarded); failure policy (retry_wait with backoff, or dead); the timers
- * (retry due, attempt timeout, deadline); lost agents (their tasks back to
- * ready without charging an attempt); drain/undrain; recovery after a restart
- * (running tasks get one liveness period for their agent to come back).
+ * discarded); the slots of cancelled, timed-out and recalled leases, held in
+ * the scheduler until their agents answer them; failure policy (retry_wait
+ * with backoff, or dead); the timers (retry due, attempt timeout, deadline);
+ * lost agents (their tasks back to ready without charging an attempt);
+ * drain/undrain; recovery after a restart (running tasks get one liveness
+ * period for their agent to come back).
  *
  * Frames and link events are queued when they arrive and applied in the next
  * turn's transaction; the other frames to agents (ack, cancel, drain) are

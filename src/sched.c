@@ -277,6 +277,7 @@ struct scap {
 struct sagent {
 	uint32_t name;              /* name id */
 	uint32_t slots, running;
+	uint32_t held;              /* slots taken by unanswered leases (sched.h) */
 	uint8_t state;              /* enum sched_agent_state */
 	bool draining;
 	struct scap *caps;
@@ -738,6 +739,21 @@ int sched_agent_drain(struct sched *s, const char *name, bool on)
 	return 0;
 }
 
+int sched_agent_set_held(struct sched *s, const char *name, uint32_t held)
+{
+	struct sagent *a = name ? agent_find(s, name) : NULL;
+	if (!a)
+		return EC_EUNKNOWN_AGENT;
+	a->held = held;
+	return 0;
+}
+
+/* Slots in use as a dispatch sees them: running tasks and held leases. */
+static uint64_t busy(const struct sagent *a)
+{
+	return (uint64_t)a->running + a->held;
+}
+
 /* --- The ready index ---------------------------------------------------------- */
 
 static struct node **bucket_of(const struct sched *s, const char *id)
@@ -978,7 +994,7 @@ static bool breaker_allows(const struct scap *c, int64_t now)
 static bool agent_free(const struct sched *s, const struct cand *c, int64_t now)
 {
 	const struct sagent *a = s->agent[c->agent];
-	return a->state != SCHED_AGENT_OFFLINE && !a->draining && a->running < a->slots &&
+	return a->state != SCHED_AGENT_OFFLINE && !a->draining && busy(a) < a->slots &&
 	       breaker_allows(&a->caps[c->cap], now);
 }
 
@@ -1058,14 +1074,15 @@ static struct node *constrained_next(struct sched *s, struct stype *t, int lvl, 
 	return NULL;
 }
 
-/* least_loaded order: lower running/slots, then fewer running, then name. */
+/* least_loaded order: lower busy/slots, then fewer busy, then name (held
+ * slots weigh like running tasks: the agent is as busy either way). */
 static bool less_loaded(const struct sched *s, const struct sagent *a, const struct sagent *b)
 {
-	uint64_t x = (uint64_t)a->running * b->slots, y = (uint64_t)b->running * a->slots;
+	uint64_t x = busy(a) * b->slots, y = busy(b) * a->slots;
 	if (x != y)
 		return x < y;
-	if (a->running != b->running)
-		return a->running < b->running;
+	if (busy(a) != busy(b))
+		return busy(a) < busy(b);
 	return strcmp(agent_name(s, a), agent_name(s, b)) < 0;
 }
 
@@ -1316,7 +1333,7 @@ int sched_agent_get(const struct sched *s, const char *name, int64_t now_ms,
 		return EC_EUNKNOWN_AGENT;
 	struct sched_agent_view v = {
 		.state = a->state, .draining = a->draining, .slots = a->slots,
-		.running = a->running, .success_rate = 1.0,
+		.running = a->running, .held = a->held, .success_rate = 1.0,
 	};
 	double ws = 0, wl = 0;
 	uint64_t ns = 0, nl = 0;

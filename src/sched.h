@@ -9,8 +9,9 @@
  *   2. the in-memory ready index: ready tasks by type and priority level,
  *      ordered by effective priority (priority + aging), age, arrival;
  *   3. agents as the scheduler sees them: capabilities, slots, running count,
- *      labels, draining, liveness, per-type success/latency figures and a
- *      circuit breaker per (agent, type);
+ *      slots held by leases not yet answered, labels, draining, liveness,
+ *      per-type success/latency figures and a circuit breaker per
+ *      (agent, type);
  *   4. sched_pick(): (task, agent) dispatch decisions that respect
  *      capability, free slots, draining, liveness, `agent` pins, affinity,
  *      per-type concurrency limits and breakers, routed by least_loaded,
@@ -207,6 +208,19 @@ int sched_agent_set_state(struct sched *s, const char *name, enum sched_agent_st
 int sched_agent_down(struct sched *s, const char *name);
 /* Draining: no new work; running work finishes. */
 int sched_agent_drain(struct sched *s, const char *name, bool on);
+/*
+ * held: how many of the agent's slots are still taken by dispatches whose
+ * tasks have left it (cancelled, timed out, recalled) but which the agent
+ * has not answered yet: it runs them until it stops them and sends their
+ * result (docs/protocol.md, Work). They are not running tasks (the view's
+ * running and the load figure leave them out, and no task or type count
+ * includes them), but a dispatch counts them as busy: an agent gets work
+ * only while running + held < slots, and least_loaded weighs both. The
+ * daemon keeps the leases and sets the count whenever it changes;
+ * sched_agent_up() and liveness changes keep it. EC_EUNKNOWN_AGENT if never
+ * seen.
+ */
+int sched_agent_set_held(struct sched *s, const char *name, uint32_t held);
 
 /* --- Dispatch ------------------------------------------------------------------ */
 
@@ -274,6 +288,7 @@ struct sched_agent_view {
 	enum sched_agent_state state;
 	bool draining;
 	uint32_t slots, running;
+	uint32_t held;                 /* slots held for unanswered leases */
 	double success_rate;           /* decaying, over its types; 1.0 before any result */
 	double latency_ms;             /* EWMA of successful durations; 0 before any */
 	uint32_t breakers_open;        /* types whose breaker is open or half-open */

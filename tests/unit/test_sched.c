@@ -2,8 +2,9 @@
 /*
  * test_sched.c - the scheduling core against a fake clock and a seeded PRNG:
  * backoff and retry policy, ready ordering and the aging bound, pins,
- * affinity, concurrency limits, blocked heads, draining and liveness,
- * routing, circuit breakers, the load figure, and a 100,000-task run.
+ * affinity, concurrency limits, blocked heads, draining and liveness, slots
+ * held by unanswered leases, routing, circuit breakers, the load figure, and
+ * a 100,000-task run.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -611,6 +612,65 @@ static void test_drain_and_liveness(void **state)
 	sched_free(s);
 }
 
+/* A cancelled dispatch whose agent has not answered yet keeps its slot: the
+ * agent still runs it, and would refuse work beyond its slots. */
+static void test_held_slots(void **state)
+{
+	(void)state;
+	struct sched *s = mk(SCHED_LEAST_LOADED, 0);
+	up(s, "a", "t", 1, NULL);
+	add(s, "t1", "t", 5, 1);
+	add(s, "t2", "t", 5, 2);
+	struct sched_decision d[4], d1;
+	assert_int_equal(pick1(s, 100, &d1), 1);
+	assert_string_equal(d1.task_id, "t1");
+	/* t1 is cancelled: its task is released at once, its slot is held */
+	done(s, &d1, SCHED_OUT_ABORT, 0, 101);
+	assert_int_equal(sched_agent_set_held(s, "a", 1), 0);
+	assert_int_equal(pick(s, 102, d, 4), 0);
+	struct sched_agent_view v;
+	assert_int_equal(sched_agent_get(s, "a", 102, &v), 0);
+	assert_int_equal(v.running, 0); /* tasks only */
+	assert_int_equal(v.held, 1);
+	assert_true(sched_load_cv(s) == 0);
+	/* a reconnect keeps it; only the daemon releases it */
+	up(s, "a", "t", 1, NULL);
+	assert_int_equal(sched_agent_set_state(s, "a", SCHED_AGENT_SUSPECT), 0);
+	assert_int_equal(pick(s, 103, d, 4), 0);
+	/* the agent answered t1's lease: t2 goes there */
+	assert_int_equal(sched_agent_set_held(s, "a", 0), 0);
+	assert_int_equal(pick(s, 104, d, 4), 1);
+	assert_string_equal(d[0].task_id, "t2");
+	assert_string_equal(d[0].agent, "a");
+	assert_int_equal(sched_agent_set_held(s, "nobody", 1), EC_EUNKNOWN_AGENT);
+	sched_free(s);
+
+	/* With room left, a held slot counts as load: b (1 held of 2) and c
+	 * (1 running of 2) tie on load and both lose to d; more slots than
+	 * running + held still take work. */
+	s = mk(SCHED_LEAST_LOADED, 0);
+	up(s, "b", "t", 2, NULL);
+	up(s, "c", "t", 2, NULL);
+	up(s, "d", "t", 2, NULL);
+	assert_int_equal(sched_agent_set_held(s, "b", 1), 0);
+	assert_int_equal(sched_task_adopt(s, "c", "t"), 0);
+	add(s, "u1", "t", 5, 1);
+	add(s, "u2", "t", 5, 2);
+	add(s, "u3", "t", 5, 3);
+	add(s, "u4", "t", 5, 4);
+	add(s, "u5", "t", 5, 5);
+	assert_int_equal(pick(s, 100, d, 4), 4);
+	assert_string_equal(d[0].agent, "d"); /* 0/2 */
+	assert_string_equal(d[1].agent, "b"); /* 1/2 each: name order */
+	assert_string_equal(d[2].agent, "c");
+	assert_string_equal(d[3].agent, "d");
+	assert_int_equal(pick(s, 101, d, 4), 0); /* b: 1 running + 1 held = 2 */
+	assert_int_equal(sched_agent_get(s, "b", 101, &v), 0);
+	assert_int_equal(v.running, 1);
+	assert_int_equal(v.held, 1);
+	sched_free(s);
+}
+
 /* --- routing ------------------------------------------------------------------ */
 
 static void test_least_loaded(void **state)
@@ -992,6 +1052,7 @@ int main(void)
 		cmocka_unit_test(test_blocked_head),
 		cmocka_unit_test(test_scan_budget),
 		cmocka_unit_test(test_drain_and_liveness),
+		cmocka_unit_test(test_held_slots),
 		cmocka_unit_test(test_least_loaded),
 		cmocka_unit_test(test_round_robin),
 		cmocka_unit_test(test_performance),
