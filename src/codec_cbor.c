@@ -191,9 +191,8 @@ static int append_chunk(struct frame *f, const uint8_t *p, size_t n)
  * mean the same thing. */
 static void set_number(struct cnode *n, double d)
 {
-	if (isfinite(d) && d == trunc(d) && d >= -9223372036854775808.0 &&
-	    d < 9223372036854775808.0) {
-		int64_t v = (int64_t)d;
+	int64_t v;
+	if (codec_int64_of(d, &v)) {
 		if (v >= 0) {
 			n->type = CN_UINT;
 			n->u = (uint64_t)v;

@@ -161,8 +161,9 @@ static int conv(const cJSON *j, struct ec_cbor_w *w, char *dupkey)
 		double d = j->valuedouble;
 		if (!isfinite(d))
 			return EC_EMALFORMED; /* 1e999: no double holds it */
-		if (d == trunc(d) && d >= -9223372036854775808.0 && d < 9223372036854775808.0)
-			ec_cbor_w_int(w, (int64_t)d);
+		int64_t v;
+		if (codec_int64_of(d, &v))
+			ec_cbor_w_int(w, v);
 		else
 			ec_cbor_w_double(w, d);
 	} else if (cJSON_IsString(j)) {

@@ -12,9 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <math.h>
 
 #include "edgecoord/proto.h"
 #include "codec.h"
+#include "codec_int.h"
 #include "edgecoord/err.h"
 
 /* ---- helpers ---- */
@@ -1207,9 +1209,31 @@ static void test_sniff(void **state)
 	assert_int_equal(codec_sniff((const uint8_t *)"\x7b", 1), ENC_JSON);
 }
 
+/* The integral-double test both decoders use to normalize numbers, at the
+ * edges of int64 and beyond. */
+static void test_int64_of(void **state)
+{
+	(void)state;
+	int64_t v;
+	assert_true(codec_int64_of(0.0, &v) && v == 0);
+	assert_true(codec_int64_of(-0.0, &v) && v == 0);
+	assert_true(codec_int64_of(-3.0, &v) && v == -3);
+	assert_true(codec_int64_of(-9223372036854775808.0, &v) && v == INT64_MIN);
+	assert_true(codec_int64_of(9223372036854774784.0, &v) && v == INT64_C(9223372036854774784));
+	assert_false(codec_int64_of(9223372036854775808.0, &v)); /* 2^63 */
+	assert_false(codec_int64_of(-9223372036854777856.0, &v)); /* below INT64_MIN */
+	assert_false(codec_int64_of(2.5, &v));
+	assert_false(codec_int64_of(-0.5, &v));
+	assert_false(codec_int64_of(1e300, &v));
+	assert_false(codec_int64_of(INFINITY, &v));
+	assert_false(codec_int64_of(-INFINITY, &v));
+	assert_false(codec_int64_of(NAN, &v));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_int64_of),
 		cmocka_unit_test(test_cbor_check),
 		cmocka_unit_test(test_cbor_hostile_counts),
 		cmocka_unit_test(test_cbor_depth),
