@@ -74,6 +74,7 @@ struct ec_agent {
 	unsigned events;
 	bool reading;          /* in do_read(): frames are flushed after it */
 	uint64_t now, next_connect, conn_start, last_rx, next_hb;
+	uint64_t addr_due;     /* the connecting address is given up, 0 = never */
 	uint32_t failures;
 	uint32_t hb_ms, hb_misses, max_frame;
 	bool draining;
@@ -152,7 +153,10 @@ static const char *addr_text(const struct addrinfo *ai, char *buf, size_t n)
 
 /* Start a non-blocking connect to the attempt's next address. A name often
  * has several (::1 and 127.0.0.1 for localhost) and the first may refuse:
- * only when none is left has the attempt failed. */
+ * only when none is left has the attempt failed. One that does not answer
+ * at all (a firewall dropping IPv6, say) would take the whole budget and,
+ * tried first again after the backoff, keep the agent out for good: each
+ * address but the last gets an even share of what is left of the budget. */
 static void try_next_address(struct ec_agent *a, const char *why)
 {
 	while (a->ai_next) {
@@ -175,6 +179,10 @@ static void try_next_address(struct ec_agent *a, const char *why)
 		a->fd = fd;
 		a->state = A_CONNECTING;
 		a->events = EC_AGENT_EV_WRITE;
+		uint64_t end = a->conn_start + a->o.connect_timeout_ms, left = 1;
+		for (const struct addrinfo *n = ai->ai_next; n; n = n->ai_next)
+			left++;
+		a->addr_due = left > 1 && end > a->now ? a->now + (end - a->now) / left : 0;
 		return;
 	}
 	alog(a, EC_AGENT_LOG_WARN, "connect to %s:%s: %s", a->host, a->port, why);
@@ -540,8 +548,18 @@ int ec_agent_step(struct ec_agent *a, uint64_t now)
 	}
 	while (a->state == A_CONNECTING) {
 		struct pollfd p = {.fd = a->fd, .events = POLLOUT};
-		if (poll(&p, 1, 0) <= 0)
-			return 0;
+		if (poll(&p, 1, 0) <= 0) {
+			if (!a->addr_due || now < a->addr_due)
+				return 0;
+			char at[80];
+			alog(a, EC_AGENT_LOG_DEBUG, "connect to %s: no answer",
+			     addr_text(a->ai_at, at, sizeof(at)));
+			close(a->fd);
+			a->fd = -1;
+			a->events = 0;
+			try_next_address(a, "no answer");
+			continue;
+		}
 		tcp_done(a);  /* on a refusal, the next address is connecting */
 	}
 	if (a->state == A_HANDSHAKE) {
@@ -605,6 +623,10 @@ uint64_t ec_agent_next_due(const struct ec_agent *a)
 	}
 	case A_STOPPED:
 		return UINT64_MAX;
+	case A_CONNECTING:
+		if (a->addr_due)
+			return a->addr_due;
+		return a->conn_start + a->o.connect_timeout_ms;
 	default:
 		return a->conn_start + a->o.connect_timeout_ms;
 	}

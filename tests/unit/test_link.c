@@ -1111,6 +1111,38 @@ static void test_next_address_after_refusal(void **state)
 	stop_link();
 }
 
+/* The first address takes the connect and never answers (its listener's
+ * queue is full, so the SYN is dropped, as a firewall would): it gets its
+ * share of the budget, then the next one is tried in the same attempt. With
+ * the whole budget on it, every attempt would start and end there. */
+static void test_next_address_after_silence(void **state)
+{
+	start_link(0);
+	int silent = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof(sa);
+	assert_int_equal(bind(silent, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(getsockname(silent, (struct sockaddr *)&sa, &sl), 0);
+	assert_int_equal(listen(silent, 0), 0);
+	assert_int_equal(connect(filler, (struct sockaddr *)&sa, sizeof(sa)), 0); /* queue full */
+	refuse_port = ntohs(sa.sin_port);
+	char coord[32], silence[96];
+	snprintf(coord, sizeof(coord), "localhost:%d", link_port(T.link));
+	snprintf(silence, sizeof(silence), "connect to 127.0.0.1:%d: no answer", refuse_port);
+	nalines = 0;
+	struct ec_agent *a = mk_agent_to(coord, "agent-1", "agent-1"); /* budget 3000 ms */
+	int ticks = run_until(is_connected, a, 2500 / TICK_MS);
+	refuse_port = 0;
+	close(filler);
+	close(silent);
+	assert_true(ticks >= 0);
+	assert_true(ticks * TICK_MS >= 1000);          /* it waited for the first ... */
+	assert_true(agent_log_has(silence));          /* ... gave it up ... */
+	assert_false(agent_log_has("disconnected"));  /* ... within the attempt */
+	stop_link();
+}
+
 static void test_memory_per_session(void **state)
 {
 	enum { N = 50 };
@@ -1151,6 +1183,7 @@ int main(void)
 		cmocka_unit_test(test_reference_agent),
 		cmocka_unit_test(test_coordinator_by_name),
 		cmocka_unit_test(test_next_address_after_refusal),
+		cmocka_unit_test(test_next_address_after_silence),
 		cmocka_unit_test(test_memory_per_session),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
