@@ -623,10 +623,8 @@ uint64_t ec_agent_next_due(const struct ec_agent *a)
 	}
 	case A_STOPPED:
 		return UINT64_MAX;
-	case A_CONNECTING:
-		if (a->addr_due)
-			return a->addr_due;
-		return a->conn_start + a->o.connect_timeout_ms;
+	case A_CONNECTING: /* an address given up before the budget ends */
+		return a->addr_due ? a->addr_due : a->conn_start + a->o.connect_timeout_ms;
 	default:
 		return a->conn_start + a->o.connect_timeout_ms;
 	}
