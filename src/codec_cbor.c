@@ -219,6 +219,23 @@ void ctree_fini(struct ctree *t)
 
 #define FAIL(code, msg) do { rc = (code); t->why = (msg); goto out; } while (0)
 
+/* Room for one more frame. The stack grows with the nesting met: most items
+ * nest a few levels, and a stack sized for the cap at once (1,026 frames,
+ * 48 KiB zeroed) cost every status message the daemon converts to JSON a
+ * large calloc. The depth check bounds it. */
+static int frame_room(struct frame **fr, uint32_t *cap, uint32_t nf)
+{
+	if (nf < *cap)
+		return 0;
+	uint32_t n = *cap ? *cap * 2 : 8;
+	struct frame *p = realloc(*fr, n * sizeof *p);
+	if (!p)
+		return -ENOMEM;
+	*fr = p;
+	*cap = n;
+	return 0;
+}
+
 int ctree_build(struct ctree *t, const uint8_t *buf, size_t len, uint32_t max_depth)
 {
 	int rc = 0;
@@ -230,10 +247,8 @@ int ctree_build(struct ctree *t, const uint8_t *buf, size_t len, uint32_t max_de
 		return EC_ETOO_LARGE;
 	}
 	/* containers nest at most max_depth deep, plus one string frame */
-	struct frame *fr = calloc((size_t)max_depth + 2, sizeof *fr);
-	if (!fr)
-		return -ENOMEM;
-	uint32_t nf = 0;
+	struct frame *fr = NULL;
+	uint32_t nf = 0, cap = 0;
 	size_t pos = 0;
 	bool done = false;
 
@@ -336,6 +351,8 @@ int ctree_build(struct ctree *t, const uint8_t *buf, size_t len, uint32_t max_de
 			goto complete;
 		case EV_BYTES_START:
 		case EV_TEXT_START:
+			if ((rc = frame_room(&fr, &cap, nf)) < 0)
+				goto out;
 			fr[nf++] = (struct frame){ .node = idx, .indef = true,
 				.kind = ev.kind == EV_TEXT_START ? F_TEXT : F_BYTES };
 			continue;
@@ -374,6 +391,8 @@ int ctree_build(struct ctree *t, const uint8_t *buf, size_t len, uint32_t max_de
 			t->depth = nf + 1;
 		if (!indef && due == 0)
 			goto complete; /* [] or {} */
+		if ((rc = frame_room(&fr, &cap, nf)) < 0)
+			goto out;
 		fr[nf++] = (struct frame){ .node = idx, .kind = fk, .indef = indef, .left = due };
 		continue;
 
