@@ -278,6 +278,13 @@ static void prepare(struct coord *c, struct prep *p)
 			{ "undrain", CTRL_KEY_AGENT },
 		};
 		const char *verb = rest + 8;
+		if (m->retained) {
+			/* The broker hands it out again at every subscribe: a
+			 * retained retry would run at every restart. */
+			log_warnx("CONTROL-RETAINED %s ignored: publish control messages "
+				  "without the retain flag (and clear this one)", m->topic);
+			return;
+		}
 		for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
 			if (strcmp(verb, verbs[i].verb) != 0)
 				continue;
@@ -381,28 +388,51 @@ static int apply_submit(struct coord *c, struct store_txn *t, struct prep *p)
 	return rc < 0 ? rc : put_answer(t, p->m, buf, len, p->enc);
 }
 
+struct control_op {
+	struct coord *c;
+	const struct prep *p;
+};
+
+static int control_fn(struct store_txn *t, void *arg)
+{
+	struct control_op *op = arg;
+	struct coord *c = op->c;
+	const struct prep *p = op->p;
+	if (strcmp(p->verb, "cancel") == 0)
+		return p->key == CTRL_KEY_TASK ? store_cancel(t, p->id, c->now_ms)
+					       : store_cancel_workflow(t, p->id, c->now_ms);
+	if (strcmp(p->verb, "retry") == 0)
+		return p->key == CTRL_KEY_TASK ? store_retry(t, p->id, c->now_ms)
+					       : store_retry_workflow(t, p->id, c->now_ms);
+	if (c->hooks.control)
+		return c->hooks.control(t, p->verb, p->id, c->hooks.arg);
+	return EC_EUNKNOWN_AGENT; /* no agent listener */
+}
+
+/* Worth failing the turn for (it is tried again): the store or memory, not
+ * this message. */
+static bool transient(int rc)
+{
+	return rc == EC_ESTORE || rc == EC_EMAPFULL || rc == -ENOMEM;
+}
+
+/* In a nested transaction: an operation that fails leaves the turn's other
+ * messages as they were, and is answered with its error; only a failure of
+ * the store itself fails the turn. */
 static int apply_control(struct coord *c, struct store_txn *t, struct prep *p)
 {
 	struct sub_error err = { 0 };
 	const char *key = p->key == CTRL_KEY_TASK ? "task_id"
 			  : p->key == CTRL_KEY_WORKFLOW ? "workflow" : "agent";
+	struct control_op op = { c, p };
 	uint8_t *buf;
 	size_t len;
 	int rc;
 
 	if (p->rc)
 		return reject(c, t, p, p->rc, &p->err);
-	if (strcmp(p->verb, "cancel") == 0)
-		rc = p->key == CTRL_KEY_TASK ? store_cancel(t, p->id, c->now_ms)
-					     : store_cancel_workflow(t, p->id, c->now_ms);
-	else if (strcmp(p->verb, "retry") == 0)
-		rc = p->key == CTRL_KEY_TASK ? store_retry(t, p->id, c->now_ms)
-					     : store_retry_workflow(t, p->id, c->now_ms);
-	else if (c->hooks.control)
-		rc = c->hooks.control(t, p->verb, p->id, c->hooks.arg);
-	else
-		rc = EC_EUNKNOWN_AGENT; /* no agent listener */
-	if (rc < 0 && ec_reject_code(rc)) {
+	rc = store_nested(t, control_fn, &op);
+	if (rc < 0 && (ec_reject_code(rc) || !transient(rc))) {
 		err.code = rc;
 		snprintf(err.detail, sizeof err.detail, "%s %s '%s': %s", p->verb, key, p->id,
 			 ec_strerror(rc));

@@ -57,6 +57,7 @@ struct coord_msg {
 	size_t corr_len;
 	size_t oversize;                /* 0, or the real size of a payload too
 	                                   large to hold: payload is its start */
+	bool retained;                  /* the broker's retained copy */
 	bool ack;                       /* out: set by coord_flush when committed
 	                                   (io.settle says when it is durable) */
 	void *user;                     /* the caller's handle */

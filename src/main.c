@@ -174,7 +174,7 @@ static void before_sleep(struct loop *l, void *arg)
 			.topic = m->topic, .payload = m->payload, .len = m->len,
 			.content_type = m->content_type, .response_topic = m->response_topic,
 			.corr = m->correlation, .corr_len = m->correlation_len, .user = m,
-			.oversize = m->oversize,
+			.oversize = m->oversize, .retained = m->retained,
 		};
 	}
 	size_t pushed = 0;

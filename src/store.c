@@ -2077,6 +2077,8 @@ int store_cancel(struct store_txn *t, const char *id, int64_t now_ms)
 		return EC_EUNKNOWN_TASK;
 	if (rc < 0)
 		return rc;
+	if (task_state_final(st))
+		return 0; /* already over: nothing to cancel (a cancel may come twice) */
 	struct transition tr = { .to = TS_CANCELLED, .now_ms = now_ms, .error = "cancelled" };
 	return transition_op(t, id, &tr, "cancelled by operator", NULL);
 }

@@ -221,7 +221,8 @@ struct transition {
 int store_transition(struct store_txn *t, const char *id, const struct transition *tr,
 		     uint64_t *lease_out);
 
-/* Operator actions (DESIGN 5). Cancel: every non-final task -> cancelled.
+/* Operator actions (DESIGN 5). Cancel: every non-final task -> cancelled (a
+ * final one is left as it is: 0).
  * Retry: a dead task -> ready with attempts reset; dependents skipped because
  * of it are judged again (EC_ENOT_DEAD if it is not dead). Workflow forms act
  * on every step. EC_EUNKNOWN_TASK / EC_EUNKNOWN_WORKFLOW when absent. */

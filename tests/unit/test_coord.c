@@ -290,6 +290,53 @@ static void test_control(void **state)
 	assert_true(send_msg(f, "ec/control/explode", "{}", NULL, NULL));
 }
 
+static int failing_control(struct store_txn *t, const char *verb, const char *agent, void *arg)
+{
+	(void)t, (void)verb, (void)agent, (void)arg;
+	return EC_EILLEGAL; /* a bug's error, not a refusal the contract names */
+}
+
+/* One control message that fails does not fail the turn: the messages
+ * beside it are committed and acked (they were refused and offered again
+ * together, for ever, when a cancel of a finished task failed the turn). */
+static void test_control_fails_alone(void **state)
+{
+	struct fx *f = *state;
+	assert_true(send_msg(f, "ec/submit/c", "{\"task_id\":\"z\",\"type\":\"e\"}", NULL, NULL));
+	assert_true(send_msg(f, "ec/control/cancel", "{\"task_id\":\"z\"}", NULL, NULL));
+	struct coord_msg m[3] = {
+		{ .topic = "ec/control/cancel", .payload = (const uint8_t *)"{\"task_id\":\"z\"}",
+		  .response_topic = "me/a", .corr = (const uint8_t *)"1", .corr_len = 1 },
+		{ .topic = "ec/submit/c", .payload = (const uint8_t *)"{\"task_id\":\"y\",\"type\":\"e\"}" },
+		{ .topic = "ec/control/drain", .payload = (const uint8_t *)"{\"agent\":\"a1\"}",
+		  .response_topic = "me/a", .corr = (const uint8_t *)"2", .corr_len = 1 },
+	};
+	struct coord_hooks h = { .control = failing_control };
+	coord_set_hooks(f->c, &h);
+	f->npubs = 0;
+	for (int i = 0; i < 3; i++) {
+		m[i].len = strlen((const char *)m[i].payload);
+		assert_int_equal(coord_push(f->c, &m[i]), 0);
+	}
+	assert_int_equal(coord_flush(f->c, 1000), 0);
+	for (int i = 0; i < 3; i++)
+		assert_true(m[i].ack);
+	/* cancelling what is over: done, nothing changes */
+	assert_non_null(find(f, "me/a", "{\"ok\":true,\"verb\":\"cancel\",\"task_id\":\"z\"}"));
+	assert_non_null(find(f, "ec/tasks/y/status", "\"state\":\"accepted\""));
+	assert_non_null(find(f, "me/a", "\"error\":\"internal\""));
+
+	/* A retained control message comes again at every subscribe: ignored. */
+	f->npubs = 0;
+	struct coord_msg r = { .topic = "ec/control/cancel",
+			       .payload = (const uint8_t *)"{\"task_id\":\"y\"}", .retained = true };
+	r.len = strlen((const char *)r.payload);
+	assert_int_equal(coord_push(f->c, &r), 0);
+	assert_int_equal(coord_flush(f->c, 1000), 0);
+	assert_true(r.ack);
+	assert_null(find(f, "ec/tasks/y/status", "cancelled"));
+}
+
 static void test_outbox_drain(void **state)
 {
 	struct fx *f = *state;
@@ -462,6 +509,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_response_topic, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_duplicate_republishes_status, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_control, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_control_fails_alone, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_outbox_drain, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_backpressure, setup_small_outbox, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_source, setup, teardown),
