@@ -86,10 +86,26 @@ static int put(struct store_txn *t, const char *topic, uint8_t *payload, size_t 
 }
 
 /* An answer on a Response Topic: the correlation data travels in the row. */
-static int put_answer(struct store_txn *t, const struct coord_msg *m, uint8_t *payload,
-		      size_t len, enum encoding enc)
+/* A Response Topic we answer on: a topic we could publish (shorter than
+ * MSG_TOPIC_MAX, no wildcard), and none of the coordinator's own but the
+ * ctl/reply/ ones, or any submitter could forge its statuses. */
+static bool answerable(const struct coord *c, const char *rt)
 {
-	if (!m->response_topic || !*m->response_topic) {
+	size_t pl = strlen(c->o.prefix), n = strlen(rt);
+	if (!n || n >= MSG_TOPIC_MAX || strpbrk(rt, "+#"))
+		return false;
+	if (strncmp(rt, c->o.prefix, pl) != 0 || rt[pl] != '/')
+		return true;
+	return strncmp(rt + pl + 1, "ctl/reply/", 10) == 0;
+}
+
+static int put_answer(struct coord *c, struct store_txn *t, const struct coord_msg *m,
+		      uint8_t *payload, size_t len, enum encoding enc)
+{
+	if (!m->response_topic || !answerable(c, m->response_topic)) {
+		if (m->response_topic && *m->response_topic)
+			log_info("ANSWER-DROPPED response topic %.80s%s: not one we answer on",
+				 m->response_topic, strlen(m->response_topic) > 80 ? "..." : "");
 		free(payload);
 		return 0;
 	}
@@ -325,7 +341,7 @@ static int reject(struct coord *c, struct store_txn *t, const struct prep *p, in
 			return rc;
 	}
 	rc = msg_answer_error(code, err->detail, p->enc, &buf, &len);
-	return rc < 0 ? rc : put_answer(t, p->m, buf, len, p->enc);
+	return rc < 0 ? rc : put_answer(c, t, p->m, buf, len, p->enc);
 }
 
 /* A duplicate without a Response Topic: publish the current status again. */
@@ -371,7 +387,7 @@ static int apply_submit(struct coord *c, struct store_txn *t, struct prep *p)
 		log_debug("SUBMIT-ACCEPTED source=%s id=%s tasks=%u", p->source, id ? id : "-",
 			  p->sub.ntasks);
 		rc = msg_answer_accepted(&p->sub, p->enc, &buf, &len);
-		return rc < 0 ? rc : put_answer(t, p->m, buf, len, p->enc);
+		return rc < 0 ? rc : put_answer(c, t, p->m, buf, len, p->enc);
 	}
 	if (!p->m->response_topic)
 		return republish(c, t, &p->sub);
@@ -385,7 +401,7 @@ static int apply_submit(struct coord *c, struct store_txn *t, struct prep *p)
 	rc = msg_answer_duplicate(id, state, p->enc, &buf, &len);
 	if (have_wf)
 		workflow_rec_fini(&w);
-	return rc < 0 ? rc : put_answer(t, p->m, buf, len, p->enc);
+	return rc < 0 ? rc : put_answer(c, t, p->m, buf, len, p->enc);
 }
 
 struct control_op {
@@ -442,7 +458,7 @@ static int apply_control(struct coord *c, struct store_txn *t, struct prep *p)
 		return rc;
 	log_info("CONTROL %s %s=%s", p->verb, key, p->id);
 	rc = msg_answer_control(p->verb, key, p->id, p->enc, &buf, &len);
-	return rc < 0 ? rc : put_answer(t, p->m, buf, len, p->enc);
+	return rc < 0 ? rc : put_answer(c, t, p->m, buf, len, p->enc);
 }
 
 struct flush_ctx {
@@ -522,8 +538,17 @@ static int drain_row(uint64_t seq, const char *topic, const uint8_t *payload, si
 		payload += 2 + clen;
 		len -= 2 + clen;
 	}
-	if (c->io.publish(c->io.arg, seq, topic, payload, len, flags, corr, clen) < 0)
+	int rc = c->io.publish(c->io.arg, seq, topic, payload, len, flags, corr, clen);
+	if (rc == -EMSGSIZE || rc == -EINVAL) {
+		/* Never publishable (over the broker's Maximum Packet Size, or
+		 * a topic MQTT refuses): waiting would hold up every row after
+		 * it for good. Deleted like a delivered one. */
+		log_warnx("OUTBOX-DROPPED row %llu for %.80s: %s", (unsigned long long)seq, topic,
+			  rc == -EMSGSIZE ? "larger than the broker accepts" : "not publishable");
+		coord_delivered(c, seq);
+	} else if (rc < 0) {
 		return 1;
+	}
 	c->sent_upto = seq;
 	return 0;
 }

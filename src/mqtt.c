@@ -534,14 +534,15 @@ static void report(struct mqtt *m, uint16_t id, bool ok, uint8_t reason)
 	}
 	if (id == 0 || i >= m->window || !m->busy[i])
 		return; /* not ours, or answered twice: nothing to report */
+	/* A refusal is an answer too: the broker will refuse the same publish
+	 * again (not authorized, too large, a bad topic), and sending it again
+	 * and again would hold up everything queued behind it. */
 	if (!ok)
-		log_warnx("MQTT-PUBLISH not acknowledged: reason 0x%02x", reason);
+		log_warnx("MQTT-PUBLISH refused by the broker: reason 0x%02x (tag %llu); dropped",
+			  reason, (unsigned long long)m->tags[i]);
 	m->busy[i] = false;
 	m->busy_n--;
-	if (ok)
-		m->delivered[m->n_delivered++] = (struct report){ m->tags[i], id };
-	else
-		m->failed[m->n_failed++] = (struct report){ m->tags[i], id };
+	m->delivered[m->n_delivered++] = (struct report){ m->tags[i], id };
 }
 
 static void queue_inbound(struct mqtt *m, struct inbound *n)

@@ -13,8 +13,8 @@
  *   1. mqtt_take_events()     does the I/O and the timers: reads and
  *                             parses, writes, connects, pings; reports
  *                             (re)connects and losses
- *   2. mqtt_take_delivered()  tags whose PUBACK arrived -> delete outbox rows
- *      mqtt_take_failed()     tags that will not be acknowledged -> resend later
+ *   2. mqtt_take_delivered()  tags the broker answered -> delete outbox rows
+ *      mqtt_take_failed()     tags whose connection was lost -> resend later
  *                             (take each until it returns 0)
  *   3. mqtt_take_inbound()    messages waiting for the loop; process them all
  *                             in one transaction, commit, then call
@@ -153,9 +153,10 @@ struct mqtt_msg *mqtt_take_inbound(struct mqtt *m, size_t budget);
 void mqtt_inbound_done(struct mqtt *m, struct mqtt_msg *msg, bool committed);
 
 /* Publish at QoS 1. 0: accepted; the tag will be reported exactly once, by
- * mqtt_take_delivered() (PUBACK received) or mqtt_take_failed() (refused by
- * the broker, or the connection was lost first: resend it after the next
- * connect). Errors, tag not reported: -ENOTCONN (not connected: fails
+ * mqtt_take_delivered() (its PUBACK arrived; a refusal, reason code 0x80 or
+ * above, is logged, MQTT-PUBLISH, and counts as answered: the broker would
+ * refuse it again) or mqtt_take_failed() (the connection was lost first:
+ * resend it after the next connect). Errors, tag not reported: -ENOTCONN (not connected: fails
  * fast), -EAGAIN (window full, see mqtt_can_publish()), -EINVAL, -EMSGSIZE,
  * -ENOMEM. An accepted publish is encoded into the module's output buffer
  * and written by the next mqtt_flush() (or mqtt_take_events()). */

@@ -3059,15 +3059,21 @@ int store_outbox_scan(struct store_txn *t, uint64_t after, store_outbox_fn fn, v
 	while (mrc == 0 && rc == 0) {
 		const uint8_t *p = v.mv_data;
 		size_t tl;
-		char topic[1024];
-		if (k.mv_size != 8 || v.mv_size < 3 || (tl = (size_t)p[1] << 8 | p[2]) > v.mv_size - 3 ||
-		    tl >= sizeof topic) {
+		char buf[512], *topic = buf;
+		if (k.mv_size != 8 || v.mv_size < 3 || (tl = (size_t)p[1] << 8 | p[2]) > v.mv_size - 3) {
 			rc = EC_ESTORE;
+			break;
+		}
+		/* up to 64 KiB (an older store may hold such a Response Topic) */
+		if (tl >= sizeof buf && !(topic = malloc(tl + 1))) {
+			rc = -ENOMEM;
 			break;
 		}
 		memcpy(topic, p + 3, tl);
 		topic[tl] = 0;
 		rc = fn(rd_be64(k.mv_data), topic, p + 3 + tl, v.mv_size - 3 - tl, p[0], arg);
+		if (topic != buf)
+			free(topic);
 		if (rc == 0)
 			mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
 	}

@@ -45,6 +45,7 @@ struct fx {
 	size_t npubs;
 	struct { void *user; bool ack; } settled[8];
 	size_t nsettled;
+	const char *too_big;    /* publishes to topics containing it: -EMSGSIZE */
 };
 
 static int fake_publish(void *arg, uint64_t seq, const char *topic, const uint8_t *payload,
@@ -53,6 +54,8 @@ static int fake_publish(void *arg, uint64_t seq, const char *topic, const uint8_
 	struct fx *f = arg;
 	if (!f->connected || f->npubs >= f->window || f->npubs >= MAXPUB)
 		return -EAGAIN;
+	if (f->too_big && strstr(topic, f->too_big))
+		return -EMSGSIZE; /* over the broker's Maximum Packet Size */
 	struct pub *p = &f->pubs[f->npubs++];
 	p->seq = seq;
 	snprintf(p->topic, sizeof p->topic, "%s", topic);
@@ -384,6 +387,47 @@ static void test_outbox_drain(void **state)
 	assert_int_equal(f->npubs, 0);
 }
 
+/* A row that can never be published (too large for the broker) is
+ * dropped, and the rows after it go out: it held up the outbox for good. */
+static void test_outbox_drops_unpublishable(void **state)
+{
+	struct fx *f = *state;
+	f->too_big = "/big/";
+	assert_true(send_msg(f, "ec/submit/o", "{\"task_id\":\"big\",\"type\":\"e\"}", NULL, NULL));
+	assert_true(send_msg(f, "ec/submit/o", "{\"task_id\":\"after\",\"type\":\"e\"}", NULL, NULL));
+	assert_null(find(f, "ec/tasks/big/status", NULL));
+	assert_non_null(find(f, "ec/tasks/after/status", "accepted"));
+	/* deleted like a delivered row */
+	deliver_all(f);
+	assert_int_equal(coord_flush(f->c, 4000), 0);
+	assert_int_equal(coord_flush(f->c, coord_next_due(f->c)), 0);
+	assert_int_equal(coord_outbox_len(f->c), 0);
+}
+
+/* A Response Topic we could not publish, or one of the coordinator's own
+ * (a submitter could forge statuses with it), gets no answer; the status
+ * is published as always. */
+static void test_response_topics_refused(void **state)
+{
+	struct fx *f = *state;
+	char rt[2048];
+	memset(rt, 'r', sizeof rt - 1);
+	rt[sizeof rt - 1] = 0;
+	assert_true(send_msg(f, "ec/submit/o", "{\"task_id\":\"a\",\"type\":\"e\"}", rt, "1"));
+	assert_true(send_msg(f, "ec/submit/o", "{\"task_id\":\"b\",\"type\":\"e\"}",
+			     "ec/tasks/x/status", "2"));
+	assert_true(send_msg(f, "ec/submit/o", "{\"task_id\":\"c\",\"type\":\"e\"}", "r/+", "3"));
+	assert_true(send_msg(f, "ec/submit/o", "{\"task_id\":\"d\",\"type\":\"e\"}",
+			     "ec/ctl/reply/me", "4"));
+	for (size_t i = 0; i < f->npubs; i++)
+		assert_true(strncmp(f->pubs[i].topic, "rrr", 3) != 0);
+	assert_null(find(f, "ec/tasks/x/status", NULL));
+	assert_null(find(f, "r/+", NULL));
+	assert_non_null(find(f, "ec/ctl/reply/me", "accepted"));
+	assert_non_null(find(f, "ec/tasks/a/status", "accepted"));
+	assert_non_null(find(f, "ec/tasks/c/status", "accepted"));
+}
+
 static void test_backpressure(void **state)
 {
 	struct fx *f = *state; /* outbox_max 3 */
@@ -510,6 +554,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_duplicate_republishes_status, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_control, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_control_fails_alone, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_outbox_drops_unpublishable, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_response_topics_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_outbox_drain, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_backpressure, setup_small_outbox, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_source, setup, teardown),

@@ -607,6 +607,46 @@ static void test_publish_window_and_pubacks(void **state)
 	broker_fini(&b);
 }
 
+/* A publish the broker refuses (MQTT 5 PUBACK reason 0x87: its ACL denies
+ * the topic) is answered, not failed: it would be refused again, and a
+ * caller that resends what failed would send it for ever. */
+static void test_refused_publish_is_answered(void **state)
+{
+	struct broker b;
+	struct tctx t;
+	struct mqtt_opts o;
+	struct mqtt *m;
+	char uri[64], acl[300];
+	struct mqtt_pub p = { .topic = "deny/x", .payload = "a", .len = 1, .tag = 1 };
+
+	broker_init(&b);
+	snprintf(acl, sizeof acl, "%s/acl", b.dir);
+	FILE *f = fopen(acl, "w");
+	assert_non_null(f);
+	fprintf(f, "topic readwrite out/#\n");
+	fclose(f);
+	chmod(acl, 0644);
+	f = fopen(b.conf, "a");
+	assert_non_null(f);
+	fprintf(f, "acl_file %s\n", acl);
+	fclose(f);
+	broker_start(&b);
+	opts_default(&o, uri, sizeof uri, b.port, "ec-test-refused", NULL, 0);
+	assert_int_equal(mqtt_open(&o, &m), 0);
+	tctx_init(&t, m);
+	PUMP_UNTIL(&t, 8000, t.connects == 1);
+	assert_true(mqtt_is_v5(m));
+	assert_int_equal(mqtt_publish(m, &p), 0);
+	p.topic = "out/x";
+	p.tag = 2;
+	assert_int_equal(mqtt_publish(m, &p), 0);
+	PUMP_UNTIL(&t, 5000, t.n_delivered == 2);
+	assert_int_equal(t.n_failed, 0);
+	assert_int_equal(mqtt_inflight(m), 0);
+	tctx_close(&t, 1000);
+	broker_fini(&b);
+}
+
 static void test_retained_with_properties(void **state)
 {
 	struct broker b;
@@ -1123,6 +1163,7 @@ int main(void)
 		cmocka_unit_test(test_ack_only_after_commit),
 		cmocka_unit_test(test_refusal_redelivers_unacked),
 		cmocka_unit_test(test_publish_window_and_pubacks),
+		cmocka_unit_test(test_refused_publish_is_answered),
 		cmocka_unit_test(test_retained_with_properties),
 		cmocka_unit_test(test_broker_restart),
 		cmocka_unit_test(test_outage_with_window_full),
