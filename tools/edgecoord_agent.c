@@ -712,8 +712,8 @@ int main(int argc, char **argv)
 		case 's': {
 			char *end;
 			long v = strtol(optarg, &end, 10);
-			if (*end || v < 1 || v > EC_MAX_SLOTS) {
-				fprintf(stderr, "edgecoord-agent: --slots wants 1..%d\n", EC_MAX_SLOTS);
+			if (*end || v < 1 || v > EC_MAX_LEASES) {
+				fprintf(stderr, "edgecoord-agent: --slots wants 1..%d\n", EC_MAX_LEASES);
 				bad = 1;
 			}
 			o.slots = (uint32_t)v;

@@ -64,7 +64,8 @@ struct ec_agent_opts {
 				       * certificate; default: HOST */
 	const char *id;               /* must equal the certificate's CN */
 	const char *ca_file, *cert_file, *key_file;
-	uint32_t slots;               /* default 1 */
+	uint32_t slots;               /* 1..EC_MAX_LEASES (what one hello can
+				       * list); default 1 */
 	const struct ec_label *labels;
 	size_t nlabels;
 	uint32_t backoff_min_ms;      /* default 250 */

@@ -60,8 +60,8 @@ struct ec_agent {
 	size_t nlabels;
 	struct handler *handlers;
 	size_t nhandlers;
-	struct job *jobs;
-	size_t njobs;
+	struct job *jobs;      /* running, and finished until acknowledged */
+	size_t njobs, capjobs;
 
 	struct tlsframe_conf *tls;
 	struct tlsframe *tf;   /* one context, reused across reconnects */
@@ -337,11 +337,15 @@ static void send_hello(struct ec_agent *a)
 	f.slots = a->o.slots;
 	f.labels = a->labels;
 	f.nlabels = a->nlabels;
+	/* Running jobs first (slots <= EC_MAX_LEASES: all of them), then
+	 * finished ones as room allows: those whose lease is left out are
+	 * resent after welcome anyway, and discarded if the task moved. */
 	uint64_t leases[EC_MAX_LEASES];
-	for (size_t i = 0; i < a->njobs; i++)
-		leases[i] = a->jobs[i].lease;
+	for (int done = 0; done <= 1; done++)
+		for (size_t i = 0; i < a->njobs && f.nleases < EC_MAX_LEASES; i++)
+			if (a->jobs[i].done == done)
+				leases[f.nleases++] = a->jobs[i].lease;
 	f.leases = leases;
-	f.nleases = a->njobs;
 	int rc = send_frame(a, &f);
 	if (rc) {
 		alog(a, EC_AGENT_LOG_ERROR, "cannot send hello: %s", ec_strerror(rc));
@@ -380,8 +384,20 @@ static void on_work(struct ec_agent *a, struct ec_frame *f)
 	}
 	if (!h)
 		refuse = "no handler for this type";
-	else if (ec_agent_running(a) >= a->o.slots || a->njobs >= EC_MAX_LEASES)
+	else if (ec_agent_running(a) >= a->o.slots)
 		refuse = "no free slot";
+	/* Finished jobs wait for their ack (held until the coordinator's commit
+	 * is durable) while new work comes: the table grows with them. */
+	if (a->njobs == a->capjobs) {
+		size_t cap = a->capjobs ? a->capjobs * 2 : 16;
+		struct job *p = realloc(a->jobs, cap * sizeof(*p));
+		if (!p) {
+			alog(a, EC_AGENT_LOG_ERROR, "out of memory for task %s", f->task_id);
+			return; /* unanswered: it moves when we reconnect */
+		}
+		a->jobs = p;
+		a->capjobs = cap;
+	}
 	struct job *j = &a->jobs[a->njobs];
 	*j = (struct job){.lease = f->lease, .task_id = strdup(f->task_id)};
 	if (!j->task_id)
@@ -804,7 +820,7 @@ static int split_hostport(struct ec_agent *a, const char *spec)
 int ec_agent_new(const struct ec_agent_opts *o, struct ec_agent **out)
 {
 	if (!o || !o->coordinator || !o->id || !o->ca_file || !o->cert_file || !o->key_file ||
-	    !ec_id_valid(o->id, strlen(o->id), EC_AGENT_ID_MAX) || o->slots > EC_MAX_SLOTS ||
+	    !ec_id_valid(o->id, strlen(o->id), EC_AGENT_ID_MAX) || o->slots > EC_MAX_LEASES ||
 	    o->nlabels > EC_MAX_LABELS)
 		return EC_ECONFIG;
 	struct ec_agent *a = calloc(1, sizeof(*a));
@@ -852,9 +868,6 @@ int ec_agent_new(const struct ec_agent_opts *o, struct ec_agent **out)
 			}
 		}
 	}
-	a->jobs = calloc(EC_MAX_LEASES, sizeof(*a->jobs));
-	if (!a->jobs)
-		goto fail;
 
 	char e[256];
 	rc = tlsframe_conf_new(TLSFRAME_CLIENT, "edgecoord-agent", a->ca_file, a->cert_file,

@@ -910,6 +910,31 @@ static void test_reconnect_lists_leases(void **state)
 	stop_link();
 }
 
+/* Finished jobs wait for their ack while new work comes (the coordinator
+ * holds acks until its commit is durable, work is not held): the agent
+ * keeps them all and refuses nothing while a slot is free. Its job table
+ * was a fixed 256, written past its end once full. */
+static void test_unacked_results_pile_up(void **state)
+{
+	start_link(0);
+	struct ec_agent *a = mk_agent("agent-1", "agent-1"); /* 2 slots */
+	assert_true(run_until(is_connected, a, 500) >= 0);
+	T.auto_ack = false;
+	for (uint64_t lease = 1000; lease < 1300; lease++) {
+		send_work("agent-1", "echo", lease);
+		assert_true(run_until(has_result, &lease, 200) >= 0);
+		assert_true(last("agent-1", 200 + EC_F_RESULT)->ok);
+	}
+	assert_int_equal(ec_agent_running(a), 0);
+	/* after a reconnect, hello lists as many as it may */
+	shutdown(ec_agent_fd(a), SHUT_RDWR);
+	for (int i = 0; i < 100 && !count("agent-1", LINK_AGENT_DOWN); i++)
+		turn();
+	assert_true(run_until(is_connected, a, 1000) >= 0);
+	assert_int_equal(last("agent-1", 100)->nleases, EC_MAX_LEASES);
+	stop_link();
+}
+
 static void test_slow_reader_cut_off(void **state)
 {
 	start_link(64 * 1024);  /* a small outbound cap */
@@ -1179,6 +1204,7 @@ int main(void)
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_malformed_frames),
 		cmocka_unit_test(test_reconnect_lists_leases),
+		cmocka_unit_test(test_unacked_results_pile_up),
 		cmocka_unit_test(test_slow_reader_cut_off),
 		cmocka_unit_test(test_reference_agent),
 		cmocka_unit_test(test_coordinator_by_name),
