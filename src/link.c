@@ -198,6 +198,15 @@ static void flush_out(struct link *l, struct session *s)
 static int send_frame(struct link *l, struct session *s, const struct ec_frame *f)
 {
 	int rc = tlsframe_queue_frame(s->tf, f, l->cfg.max_frame, l->cfg.out_cap);
+	if (rc == -ENOBUFS && l->corked) {
+		/* The cap is for what a slow reader leaves unread, not for what
+		 * a corked turn holds back on purpose: write what the socket
+		 * takes now, and only then judge. */
+		flush_out(l, s);
+		if (s->state == S_DEAD)
+			return -EPIPE;
+		rc = tlsframe_queue_frame(s->tf, f, l->cfg.max_frame, l->cfg.out_cap);
+	}
 	if (rc == -ENOBUFS) {
 		log_warnx("AGENT-SLOW agent=%s peer=%s unsent=%zu: closing", s->cn, s->peer,
 			  tlsframe_unsent(s->tf));
