@@ -754,6 +754,32 @@ out:
 	return rc;
 }
 
+/*
+ * A work frame carries the payload and the upstream results: together they
+ * can pass agents.max_frame, and the link would then never send it while
+ * the task sat dispatched until its attempt timed out, and again at every
+ * retry. Such a task can never run (its inputs are final): dead at once,
+ * saying why (an operator may raise max_frame and retry it). 1 when it was
+ * too large, 0 when it fits. The size is an upper bound of the encoding.
+ */
+static int too_large(struct fleet *f, struct store_txn *t, const struct task_rec *r,
+		     size_t inputs_len)
+{
+	int rc;
+	size_t need = EC_FRAME_HDR + 128 + strlen(r->spec.id) + strlen(r->spec.type) +
+		      r->spec.payload_len + inputs_len;
+	if (!f->o.max_frame || need <= f->o.max_frame)
+		return 0;
+	char why[160];
+	snprintf(why, sizeof why, "work of about %zu bytes (payload and inputs) is over "
+		 "agents.max_frame %u", need, f->o.max_frame);
+	struct transition tr = { .to = TS_DEAD, .now_ms = f->now_real, .error = why };
+	rc = store_transition(t, r->spec.id, &tr, NULL);
+	if (rc == 0)
+		log_warnx("TASK-DEAD %s: %s", r->spec.id, why);
+	return rc < 0 ? rc : 1;
+}
+
 static int dispatch_one(struct fleet *f, struct store_txn *t, const struct sched_decision *d)
 {
 	struct task_rec r;
@@ -767,11 +793,20 @@ static int dispatch_one(struct fleet *f, struct store_txn *t, const struct sched
 		task_rec_fini(&r);
 		return 0; /* cancelled or dead this turn: committed() releases the pick */
 	}
+	uint8_t *inputs = NULL;
+	size_t inputs_len = 0;
+	if ((r.spec.ndeps && (rc = build_inputs(t, &r.spec, &inputs, &inputs_len)) < 0) ||
+	    (rc = too_large(f, t, &r, inputs_len)) != 0) {
+		free(inputs);
+		task_rec_fini(&r);
+		return rc < 0 ? rc : 0; /* dead now: committed() releases the pick */
+	}
 	int64_t timeout = sched_timeout_ms(&r.spec, &f->o.defaults);
 	struct transition tr = { .to = TS_DISPATCHED, .now_ms = f->now_real, .agent = d->agent,
 				 .timeout_due_ms = f->now_real + timeout };
 	rc = store_transition(t, d->task_id, &tr, &lease);
 	if (rc < 0) {
+		free(inputs);
 		task_rec_fini(&r);
 		return rc == EC_EILLEGAL ? 0 : rc;
 	}
@@ -790,9 +825,11 @@ static int dispatch_one(struct fleet *f, struct store_txn *t, const struct sched
 				memcpy(o->payload, r.spec.payload, r.spec.payload_len);
 			o->payload_len = r.spec.payload_len;
 		}
-		if (rc == 0 && r.spec.ndeps)
-			rc = build_inputs(t, &r.spec, &o->inputs, &o->inputs_len);
+		o->inputs = inputs; /* the outframe owns them now */
+		o->inputs_len = inputs_len;
+		inputs = NULL;
 	}
+	free(inputs);
 	task_rec_fini(&r);
 	return rc;
 }
