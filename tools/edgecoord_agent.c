@@ -529,7 +529,10 @@ static void stop_job(struct tjob *j, const char *why)
 	if (j->stop_why && j->kill_at)
 		return;
 	j->stop_why = why;
-	if (j->kind == J_EXEC && !j->reaped) {
+	if (j->kind == J_EXEC) {
+		/* The whole group, even when the shell has exited: what it left
+		 * running in the background holds the pipes (the group id is not
+		 * reused while a member lives). */
 		kill(-j->pid, SIGTERM);
 		j->kill_at = now_ms + KILL_GRACE_MS;
 	} else {
@@ -875,8 +878,8 @@ int main(int argc, char **argv)
 			}
 			if (!j->reaped && waitpid(j->pid, &j->status, WNOHANG) == j->pid)
 				j->reaped = true;
-			if (!j->reaped && j->due && now_ms >= j->due && !j->stop_why)
-				stop_job(j, "timeout");
+			if (j->due && now_ms >= j->due && !j->stop_why)
+				stop_job(j, "timeout"); /* running, or its pipes still open */
 			if (!j->reaped && j->kill_at && now_ms >= j->kill_at) {
 				kill(-j->pid, SIGKILL);
 				j->kill_at = 0;

@@ -4,7 +4,9 @@
 # from the topics: stdout that is JSON is the result, other stdout a string,
 # empty stdout null, a non-zero exit a failure carrying stderr's tail; and on
 # a timeout the whole process group gets SIGTERM, then SIGKILL after 2 s,
-# even when the group's leader died of the SIGTERM and a member ignores it.
+# even when the group's leader died of the SIGTERM and a member ignores it,
+# or the leader had exited and a member it left in the background holds its
+# stdout.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/coord_lib.sh"
 e2e_init
@@ -21,7 +23,8 @@ agent_start a1 --slots 4 \
 	--exec text='echo plain words' \
 	--exec quiet='true' \
 	--exec broken='echo "disk on fire" >&2; exit 3' \
-	--exec stubborn="$stubborn"
+	--exec stubborn="$stubborn" \
+	--exec bg='sleep 57 & echo $! > '"$WORK/bg.pid"'; echo 1' 
 
 submit t '[{"task_id":"j","type":"json"},{"task_id":"s","type":"text"},
            {"task_id":"q","type":"quiet"},{"task_id":"b","type":"broken"}]'
@@ -57,3 +60,13 @@ member_gone() { ! kill -0 "$member" 2>/dev/null; }
 wait_until 6 member_gone ||
 	fail "a group member that ignores SIGTERM survived the SIGKILL grace"
 pass "after a timeout the whole process group is killed, stubborn members too"
+
+# The shell exits at once; the sleep it left holds stdout open, so the job is
+# not over: its timeout still applies, to the whole group.
+submit t '{"task_id":"bgt","type":"bg","timeout":1}'
+wait_state bgt dead 15
+ctl --json show bgt | jcheck 'j["error"] == "timeout"' "timed-out background task"
+bg=$(cat "$WORK/bg.pid") || fail "the bg command never started its child"
+bg_gone() { ! kill -0 "$bg" 2>/dev/null; }
+wait_until 6 bg_gone || fail "a child the shell left running survived the job's timeout"
+pass "a timeout also stops what an exited command left running in its group"
