@@ -127,7 +127,9 @@ struct mqtt {
 	size_t roff, rlen, rcap;      /* [roff, rlen) unparsed */
 	size_t skip;                  /* bytes of an oversize packet to discard */
 	struct mqtt_msg *qhead, **qtail; /* for the loop */
-	struct inbound *delayed;      /* refused, offered again at ->due */
+	struct inbound *delayed, **dtail; /* refused, offered again at ->due, in
+	                                     arrival order (a chain of dependent
+	                                     tasks must come back in order) */
 	struct inbound *live;
 	size_t held;                  /* bytes of messages not yet done */
 
@@ -284,6 +286,7 @@ static void conn_end(struct mqtt *m, long delay_ms)
 		m->delayed = n->next;
 		free_inbound(m, n);
 	}
+	m->dtail = &m->delayed;
 	m->gen++;
 	m->throttled = false;
 	m->ping_at = 0;
@@ -873,7 +876,9 @@ static void timers(struct mqtt *m, int64_t now)
 			m->ping_at = now;
 		break;
 	}
-	/* refused messages whose delay is over: offered to the loop again */
+	/* refused messages whose delay is over: offered to the loop again, in
+	 * the order they came (the list is in order of refusal, which the loop
+	 * makes in order of arrival, so the due ones are a prefix) */
 	for (struct inbound **pp = &m->delayed; *pp;) {
 		struct inbound *n = *pp;
 		if (n->due > now) {
@@ -881,6 +886,8 @@ static void timers(struct mqtt *m, int64_t now)
 			continue;
 		}
 		*pp = n->next;
+		if (!*pp)
+			m->dtail = pp;
 		n->msg.offers++;
 		n->msg.next = NULL;
 		*m->qtail = &n->msg;
@@ -968,8 +975,9 @@ void mqtt_inbound_done(struct mqtt *m, struct mqtt_msg *msg, bool committed)
 	if (!committed && current) {
 		/* not now: offered again later, still unacknowledged */
 		n->due = now_ms() + m->refuse_ms;
-		n->next = m->delayed;
-		m->delayed = n;
+		n->next = NULL;
+		*m->dtail = n;
+		m->dtail = &n->next;
 		arm(m, n->due);
 		return;
 	}
@@ -1167,6 +1175,7 @@ int mqtt_open(const struct mqtt_opts *opts, struct mqtt **out)
 	m->fd_events = (unsigned)-1;
 	m->v5 = true;
 	m->qtail = &m->qhead;
+	m->dtail = &m->delayed;
 	if ((err = parse_uri(m, opts->uri)) != 0) {
 		free_all(m);
 		return err;

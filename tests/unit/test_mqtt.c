@@ -564,6 +564,33 @@ static void test_refusal_redelivers_unacked(void **state)
 	broker_fini(&b);
 }
 
+/* Messages refused together come back in the order they came: a chain of
+ * tasks, each depending on the one before, refused under backpressure must
+ * not come back last first (each would then be refused for an unknown
+ * dependency). */
+static void test_refused_come_back_in_order(void **state)
+{
+	struct broker b;
+	struct tctx t;
+
+	broker_init(&b);
+	broker_start(&b);
+	open_ok(&t, b.port, "ec-test-order", "t/#");
+	PUMP_UNTIL(&t, 5000, t.subacks == 1);
+	t.policy = P_REFUSE;
+	pub(&b, "t/a", "m1");
+	pub(&b, "t/a", "m2");
+	pub(&b, "t/a", "m3");
+	PUMP_UNTIL(&t, 5000, t.offers >= 3); /* each refused once */
+	t.policy = P_COMMIT;
+	PUMP_UNTIL(&t, 5000, t.n_committed == 3);
+	assert_string_equal(t.recs[0].payload, "m1");
+	assert_string_equal(t.recs[1].payload, "m2");
+	assert_string_equal(t.recs[2].payload, "m3");
+	tctx_close(&t, 1000);
+	broker_fini(&b);
+}
+
 static void test_publish_window_and_pubacks(void **state)
 {
 	struct broker b;
@@ -1162,6 +1189,7 @@ int main(void)
 		cmocka_unit_test(test_receive_and_properties),
 		cmocka_unit_test(test_ack_only_after_commit),
 		cmocka_unit_test(test_refusal_redelivers_unacked),
+		cmocka_unit_test(test_refused_come_back_in_order),
 		cmocka_unit_test(test_publish_window_and_pubacks),
 		cmocka_unit_test(test_refused_publish_is_answered),
 		cmocka_unit_test(test_retained_with_properties),
