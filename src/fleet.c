@@ -578,8 +578,8 @@ static int apply_started(struct fleet *f, struct store_txn *t, const struct fev 
 {
 	struct task_rec r;
 	const struct run *run = run_find(f, e->lease); /* started names only the lease */
-	if (!run)
-		return 0;
+	if (!run || strcmp(run->agent, e->agent) != 0)
+		return 0; /* not a lease of this agent's: fenced like a result */
 	const char *id = run->task;
 	int rc = store_task_get(t, id, &r);
 	if (rc == EC_ENOTFOUND)
