@@ -666,6 +666,12 @@ static void on_suback(struct mqtt *m, const struct mqttpkt_in *in)
 			log_warnx("MQTT-SUBSCRIBE %s refused: reason 0x%02x", m->subs[i],
 				  in->suback.p[i]);
 			ok = false;
+		} else if (in->suback.p[i] == 0) {
+			/* The broker caps it (a maximum QoS of 0): messages then
+			 * come without a PUBACK to hold back, so one lost in a
+			 * crash is lost for good. Said loudly, not refused. */
+			log_warnx("MQTT-SUBSCRIBE %s granted QoS 0 only: submissions on it "
+				  "are not durable until acknowledged", m->subs[i]);
 		}
 	if (ok)
 		m->subacks++;
