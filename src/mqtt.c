@@ -877,7 +877,12 @@ static void timers(struct mqtt *m, int64_t now)
 			lost(m, "no answer to PINGREQ");
 			break;
 		}
-		if (!m->ping_at && m->ka_ms && now - m->last_tx >= m->ka_ms * 3 / 4 &&
+		/* Silent for most of the keep-alive, or deaf: nothing heard for a
+		 * whole one while publishes keep last_tx fresh (a half-open
+		 * connection would otherwise go unnoticed until the window
+		 * filled). */
+		if (!m->ping_at && m->ka_ms &&
+		    (now - m->last_tx >= m->ka_ms * 3 / 4 || now - m->last_rx >= m->ka_ms) &&
 		    mqttpkt_pingreq(&m->wbuf) == 0)
 			m->ping_at = now;
 		break;
@@ -910,7 +915,9 @@ static void rearm(struct mqtt *m, int64_t now)
 	else if (m->st != S_UP)
 		at = m->due;
 	else if (m->ka_ms)
-		at = m->ping_at ? m->ping_at + m->ka_ms : m->last_tx + m->ka_ms * 3 / 4;
+		at = m->ping_at ? m->ping_at + m->ka_ms
+				: (m->last_tx + m->ka_ms * 3 / 4 < m->last_rx + m->ka_ms
+					   ? m->last_tx + m->ka_ms * 3 / 4 : m->last_rx + m->ka_ms);
 	for (struct inbound *n = m->delayed; n; n = n->next)
 		if (!at || n->due < at)
 			at = n->due;

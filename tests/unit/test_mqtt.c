@@ -1042,6 +1042,17 @@ static void test_keepalive(void **state)
 	/* ping after 0.75 s of silence, given up 1 s later */
 	assert_true(now_ms() - t0 < 2500);
 	PUMP_UNTIL(&t, 5000, t.connects == 2);
+	/* The same while we keep publishing (nothing is heard back): the
+	 * publishes keep the link from being silent, not from being deaf. */
+	t0 = now_ms();
+	struct mqtt_pub p = { .topic = "out/x", .payload = "a", .len = 1 };
+	while (t.losses < 2 && now_ms() - t0 < 5000) {
+		p.tag++;
+		(void)mqtt_publish(m, &p);
+		pump_for(&t, 100);
+	}
+	assert_int_equal(t.losses, 2);
+	assert_true(now_ms() - t0 < 3000);
 	tctx_close(&t, 0);
 	f.stop = true;
 	pthread_join(th, NULL);
