@@ -85,7 +85,6 @@ static int put(struct store_txn *t, const char *topic, uint8_t *payload, size_t 
 	return rc;
 }
 
-/* An answer on a Response Topic: the correlation data travels in the row. */
 /* A Response Topic we answer on: a topic we could publish (shorter than
  * MSG_TOPIC_MAX, no wildcard), and none of the coordinator's own but the
  * ctl/reply/ ones, or any submitter could forge its statuses. */
@@ -99,6 +98,7 @@ static bool answerable(const struct coord *c, const char *rt)
 	return strncmp(rt + pl + 1, "ctl/reply/", 10) == 0;
 }
 
+/* An answer on a Response Topic: the correlation data travels in the row. */
 static int put_answer(struct coord *c, struct store_txn *t, const struct coord_msg *m,
 		      uint8_t *payload, size_t len, enum encoding enc)
 {
