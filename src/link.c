@@ -409,7 +409,12 @@ static void do_read(struct link *l, struct session *s, uint64_t now)
 	size_t budget = 4 * ((size_t)l->cfg.max_frame + EC_FRAME_HDR);
 	while (s->state == S_HELLO || s->state == S_LIVE) {
 		struct tlsframe_in in;
-		enum tlsframe_status st = tlsframe_read(s->tf, l->cfg.max_frame, &budget, &in);
+		/* Before welcome has announced our max_frame, an agent may send
+		 * up to 65536 (docs/protocol.md): a hello listing many leases
+		 * must not be refused by a small one. */
+		uint32_t max = s->state == S_HELLO && l->cfg.max_frame < EC_FRAME_MAX_DEFAULT
+				       ? EC_FRAME_MAX_DEFAULT : l->cfg.max_frame;
+		enum tlsframe_status st = tlsframe_read(s->tf, max, &budget, &in);
 		char msg[160];
 		switch (st) {
 		case TLSFRAME_FRAME:

@@ -326,6 +326,10 @@ static void send_hello(struct ec_agent *a)
 {
 	struct ec_frame f;
 	ec_frame_init(&f, EC_F_HELLO);
+	/* A new session: until its welcome says otherwise we may send up to
+	 * the protocol's default, whatever the last coordinator announced
+	 * (a hello listing many leases would not fit a small one). */
+	a->max_frame = EC_FRAME_MAX_DEFAULT;
 	f.agent_id = a->id;
 	f.versions[0] = EC_PROTO_VERSION;
 	f.nversions = 1;
