@@ -49,6 +49,7 @@ struct agent {
 	char id[EC_AGENT_ID_MAX + 1];
 	struct session *s;             /* NULL while down */
 	uint64_t last_seen;
+	uint64_t read_at;              /* link_tick read its socket at this tick */
 	bool suspect;
 	struct agent *next;
 };
@@ -586,6 +587,15 @@ void link_tick(struct link *l, uint64_t now)
 again:
 	for (struct agent *a = l->agents; a; a = a->next) {
 		uint64_t silent = now - a->last_seen;
+		if (silent >= hb * l->cfg.heartbeat_misses && a->s && a->s->state == S_LIVE &&
+		    a->read_at != now) {
+			/* After a stall of the loop its heartbeats may wait unread
+			 * (a turn takes a bounded number of ready sockets): read
+			 * before calling it lost. */
+			a->read_at = now;
+			do_read(l, a->s, now);
+			goto again;
+		}
 		if (silent >= hb * l->cfg.heartbeat_misses) {
 			char id[EC_AGENT_ID_MAX + 1];
 			strcpy(id, a->id);

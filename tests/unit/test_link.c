@@ -949,6 +949,32 @@ static void test_unacked_results_pile_up(void **state)
 	stop_link();
 }
 
+/* The loop stalls past the liveness budget while an agent keeps sending
+ * heartbeats: the tick that follows reads them before it judges, instead
+ * of calling a live agent lost (a turn takes at most 64 ready sockets, so
+ * after a stall many agents' heartbeats can wait unread). */
+static void test_tick_reads_before_judging(void **state)
+{
+	start_link(0);
+	struct ec_agent *a = mk_agent("agent-1", "agent-1");
+	assert_true(run_until(is_connected, a, 500) >= 0);
+	/* 3.5 heartbeats of stall: past the coordinator's budget (3), short
+	 * of the agent's own (4) */
+	uint64_t end = T.now + HB_MS * 7 / 2;
+	while (T.now < end) {
+		ec_agent_step(a, T.now);
+		T.now += TICK_MS;
+		usleep(1000);
+	}
+	link_tick(T.link, T.now);
+	assert_int_equal(count("agent-1", LINK_AGENT_OFFLINE), 0);
+	assert_false(log_has("AGENT-LOST agent=agent-1"));
+	for (int i = 0; i < 20; i++)
+		turn();
+	assert_true(ec_agent_connected(a));
+	stop_link();
+}
+
 static void test_slow_reader_cut_off(void **state)
 {
 	start_link(64 * 1024);  /* a small outbound cap */
@@ -1219,6 +1245,7 @@ int main(void)
 		cmocka_unit_test(test_malformed_frames),
 		cmocka_unit_test(test_reconnect_lists_leases),
 		cmocka_unit_test(test_unacked_results_pile_up),
+		cmocka_unit_test(test_tick_reads_before_judging),
 		cmocka_unit_test(test_slow_reader_cut_off),
 		cmocka_unit_test(test_reference_agent),
 		cmocka_unit_test(test_coordinator_by_name),
