@@ -2029,12 +2029,14 @@ static int propagate(struct store_txn *t, struct worklist *wl, int64_t now)
 /* Transitions and operator actions */
 
 /* Moves only the DAG makes: into waiting or skipped, out of skipped, and out
- * of accepted/waiting except by cancel. A caller making them would break the
- * unfinished-upstream counts. */
+ * of accepted/waiting except by cancel or (waiting) a deadline. A caller
+ * making them would break the unfinished-upstream counts. */
 static bool dag_own_move(enum task_state from, enum task_state to)
 {
 	if (to == TS_ACCEPTED || to == TS_WAITING || to == TS_SKIPPED || from == TS_SKIPPED)
 		return true;
+	if (from == TS_WAITING && to == TS_DEAD)
+		return false; /* its deadline passed while it waited */
 	return (from == TS_ACCEPTED || from == TS_WAITING) && to != TS_CANCELLED;
 }
 
@@ -2093,6 +2095,26 @@ int store_retry(struct store_txn *t, const char *id, int64_t now_ms)
 		return rc;
 	if (st != TS_DEAD)
 		return EC_ENOT_DEAD;
+	/* A task that died waiting (its deadline) may still have upstreams
+	 * open: it waits for them again instead of running without them. */
+	struct trec x;
+	uint32_t open;
+	if ((rc = task_load(t, id, &x)) < 0)
+		return rc;
+	if ((rc = count_unfinished(t, &x.r.spec, &open)) == 0 && open > 0) {
+		struct worklist wl = { 0 };
+		struct transition tr = { .to = TS_WAITING, .now_ms = now_ms };
+		x.r.unfinished = open;
+		rc = apply(t, &x, TS_WAITING, &tr, now_ms, "retried by operator", &wl);
+		if (rc == 0)
+			rc = propagate(t, &wl, now_ms);
+		wl_fini(&wl);
+		trec_fini(&x);
+		return op_end(t, rc);
+	}
+	trec_fini(&x);
+	if (rc < 0)
+		return rc;
 	struct transition tr = { .to = TS_READY, .now_ms = now_ms };
 	return transition_op(t, id, &tr, "retried by operator", NULL);
 }

@@ -41,7 +41,8 @@ bool task_state_final(enum task_state s)
  * ready when the agent is lost; dispatched may fail or succeed directly (a
  * result can overtake `started`); failed may be dead or retried; waiting may
  * become ready or skipped, or dead when its deadline passes (ready, retry_wait,
- * dispatched and running may too); an operator's retry takes dead -> ready and lets a
+ * dispatched and running may too); an operator's retry takes dead -> ready
+ * (or -> waiting, for one that died waiting and still has upstreams open) and lets a
  * skipped dependent be judged again (skipped -> waiting/ready/skipped).
  */
 #define B(s) (1u << (s))
@@ -56,7 +57,7 @@ static const unsigned legal[TS__COUNT] = {
 	[TS_SUCCEEDED] = 0,
 	[TS_FAILED] = B(TS_RETRY_WAIT) | B(TS_DEAD) | B(TS_CANCELLED),
 	[TS_RETRY_WAIT] = B(TS_READY) | B(TS_CANCELLED) | B(TS_DEAD),
-	[TS_DEAD] = B(TS_READY),
+	[TS_DEAD] = B(TS_READY) | B(TS_WAITING),
 	[TS_CANCELLED] = 0,
 	[TS_SKIPPED] = B(TS_WAITING) | B(TS_READY),
 };

@@ -225,7 +225,7 @@ static void test_every_transition(void **state)
 			/* Callers may not make the DAG's own moves. */
 			bool want = task_transition_legal(from, to) && to != TS_WAITING &&
 				    to != TS_SKIPPED && to != TS_ACCEPTED && from != TS_SKIPPED &&
-				    (from != TS_WAITING || to == TS_CANCELLED);
+				    (from != TS_WAITING || to == TS_CANCELLED || to == TS_DEAD);
 			if (want) {
 				assert_int_equal(rc, 0);
 				assert_int_equal(tu_state(f->s, id), to);
@@ -1079,6 +1079,34 @@ static int retry_fn(struct store_txn *t, void *arg)
 {
 	return store_retry(t, arg, tu_now_ms());
 }
+
+/* A deadline passes while the task waits on an upstream: dead, as DESIGN
+ * 3.1 says (the move was refused, and the deadline lost: the task ran
+ * later). Retried while the upstream is still open, it waits for it again
+ * rather than run without its input. */
+static void test_deadline_while_waiting(void **state)
+{
+	struct fx *f = *state;
+	const char *d[] = { "up", NULL };
+	add_task(f->s, "up", NULL);
+	add_task(f->s, "dn", d);
+	assert_int_equal(tu_state(f->s, "dn"), TS_WAITING);
+	assert_int_equal(tu_move(f->s, "dn", TS_DEAD, 0, NULL), 0); /* the deadline timer */
+	assert_int_equal(tu_state(f->s, "dn"), TS_DEAD);
+	assert_int_equal(tu_check(f->s), 0);
+	assert_int_equal(store_write(f->s, retry_fn, "dn"), 0);
+	assert_int_equal(tu_state(f->s, "dn"), TS_WAITING);
+	assert_int_equal(tu_check(f->s), 0);
+	finish(f->s, "up", NULL, 0);
+	assert_int_equal(tu_state(f->s, "dn"), TS_READY);
+	assert_int_equal(tu_check(f->s), 0);
+	/* dead again (now ready), then retried with nothing open: ready */
+	assert_int_equal(tu_move(f->s, "dn", TS_DEAD, 0, NULL), 0);
+	assert_int_equal(store_write(f->s, retry_fn, "dn"), 0);
+	assert_int_equal(tu_state(f->s, "dn"), TS_READY);
+	assert_int_equal(tu_check(f->s), 0);
+}
+
 static int retry_wf_fn(struct store_txn *t, void *arg)
 {
 	return store_retry_workflow(t, arg, tu_now_ms());
@@ -1969,6 +1997,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_open_errors),
 		cmocka_unit_test_setup_teardown(test_lazy_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sync_failure, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_deadline_while_waiting, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_state_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unmap, setup, teardown),
 	};
