@@ -2085,6 +2085,17 @@ int store_cancel(struct store_txn *t, const char *id, int64_t now_ms)
 	return transition_op(t, id, &tr, "cancelled by operator", NULL);
 }
 
+static int wf_cancelled(struct store_txn *t, const char *wfid, bool *out)
+{
+	struct workflow_rec wf;
+	int rc = wf_load(t, wfid, &wf);
+	if (rc == 0) {
+		*out = wf.cancelled;
+		workflow_rec_fini(&wf);
+	}
+	return rc == EC_ENOTFOUND ? 0 : rc;
+}
+
 int store_retry(struct store_txn *t, const char *id, int64_t now_ms)
 {
 	enum task_state st;
@@ -2099,9 +2110,13 @@ int store_retry(struct store_txn *t, const char *id, int64_t now_ms)
 	 * open: it waits for them again instead of running without them. */
 	struct trec x;
 	uint32_t open;
+	bool cancelled = false;
 	if ((rc = task_load(t, id, &x)) < 0)
 		return rc;
-	if ((rc = count_unfinished(t, &x.r.spec, &open)) == 0 && open > 0) {
+	if (x.r.spec.workflow && (rc = wf_cancelled(t, x.r.spec.workflow, &cancelled)) == 0 &&
+	    cancelled)
+		rc = EC_ENOT_DEAD; /* its workflow was cancelled: it stays over */
+	if (rc == 0 && (rc = count_unfinished(t, &x.r.spec, &open)) == 0 && open > 0) {
 		struct worklist wl = { 0 };
 		struct transition tr = { .to = TS_WAITING, .now_ms = now_ms };
 		x.r.unfinished = open;
@@ -2208,7 +2223,10 @@ int store_retry_workflow(struct store_txn *t, const char *wfid, int64_t now_ms)
 		return EC_EUNKNOWN_WORKFLOW;
 	if (rc < 0)
 		return rc;
+	bool cancelled = wf.cancelled;
 	workflow_rec_fini(&wf);
+	if (cancelled)
+		return EC_ENOT_DEAD; /* a cancelled workflow is over (workflows.md) */
 	size_t retried = 0;
 	rc = step_ids(t, wfid, &ids);
 	for (size_t i = 0; i < ids.n && rc == 0; i++) {

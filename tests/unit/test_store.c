@@ -1112,6 +1112,26 @@ static int retry_wf_fn(struct store_txn *t, void *arg)
 	return store_retry_workflow(t, arg, tu_now_ms());
 }
 
+/* A cancelled workflow is over: retry refuses it, and its dead steps
+ * (workflows.md, Cancel); before, a retry ran them again under a workflow
+ * still reported cancelled, and cancelled the rest when they finished. */
+static void test_no_retry_after_cancel(void **state)
+{
+	struct fx *f = *state;
+	struct submission sub;
+	tu_sub_chain(&sub, "cw", 3, true);
+	submit_ok(f->s, &sub);
+	assert_int_equal(tu_move(f->s, "cw:s0", TS_DEAD, 0, NULL), 0);
+	assert_int_equal(tu_state(f->s, "cw:s1"), TS_SKIPPED);
+	assert_int_equal(store_write(f->s, cancel_wf_fn, "cw"), 0);
+	assert_int_equal(store_write(f->s, retry_wf_fn, "cw"), EC_ENOT_DEAD);
+	assert_int_equal(store_write(f->s, retry_fn, "cw:s0"), EC_ENOT_DEAD);
+	assert_int_equal(tu_state(f->s, "cw:s0"), TS_DEAD);
+	assert_int_equal(tu_state(f->s, "cw:s1"), TS_SKIPPED);
+	assert_int_equal(tu_check(f->s), 0);
+}
+
+
 static int dead_cb(const struct task_rec *r, void *arg)
 {
 	(void)r;
@@ -1998,6 +2018,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_lazy_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sync_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_deadline_while_waiting, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_no_retry_after_cancel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_state_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unmap, setup, teardown),
 	};
