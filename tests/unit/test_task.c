@@ -36,7 +36,7 @@ static void test_transition_matrix(void **state)
 		"running>dead",
 		"failed>retry_wait", "failed>dead", "failed>cancelled",
 		"retry_wait>ready", "retry_wait>cancelled", "retry_wait>dead",
-		"dead>ready", "skipped>waiting", "skipped>ready",
+		"dead>ready", "dead>waiting", "skipped>waiting", "skipped>ready",
 	};
 	int nlegal = 0;
 	for (int from = 0; from < TS__COUNT; from++) {
