@@ -1263,9 +1263,9 @@ static int touch_fn(struct store_txn *t, void *arg)
 int store_sync_background(struct store *s)
 {
 	int rc;
-	if (store_durable(s) == s->written)
+	if (store_durable(s) == s->written) /* also folds a failed flush into suspect */
 		return 0;
-	if (s->suspect || (s->sy && atomic_load(&s->sy->failed)))
+	if (s->suspect)
 		return store_sync(s);
 	if (!s->sy && (rc = syncer_start(s)) < 0)
 		return rc;
@@ -1919,16 +1919,26 @@ static int count_unfinished(struct store_txn *t, const struct task_spec *s, uint
 
 /* All upstreams of x are final: ready, skipped, or (in a cancelled
  * workflow) cancelled. */
+/* Whether workflow wfid was cancelled (wf_load's errors otherwise). */
+static int wf_cancelled(struct store_txn *t, const char *wfid, bool *out)
+{
+	struct workflow_rec wf;
+	int rc = wf_load(t, wfid, &wf);
+	if (rc == 0) {
+		*out = wf.cancelled;
+		workflow_rec_fini(&wf);
+	}
+	return rc;
+}
+
 static int judge(struct store_txn *t, struct trec *x, int64_t now, struct worklist *wl)
 {
 	const struct task_spec *s = &x->r.spec;
 	if (s->workflow) {
-		struct workflow_rec wf;
-		int rc = wf_load(t, s->workflow, &wf);
+		bool cancelled = false;
+		int rc = wf_cancelled(t, s->workflow, &cancelled);
 		if (rc < 0)
 			return rc;
-		bool cancelled = wf.cancelled;
-		workflow_rec_fini(&wf);
 		if (cancelled) {
 			struct transition tr = { .to = TS_CANCELLED, .error = "workflow cancelled" };
 			return apply(t, x, TS_CANCELLED, &tr, now, NULL, wl);
@@ -2085,17 +2095,6 @@ int store_cancel(struct store_txn *t, const char *id, int64_t now_ms)
 	return transition_op(t, id, &tr, "cancelled by operator", NULL);
 }
 
-static int wf_cancelled(struct store_txn *t, const char *wfid, bool *out)
-{
-	struct workflow_rec wf;
-	int rc = wf_load(t, wfid, &wf);
-	if (rc == 0) {
-		*out = wf.cancelled;
-		workflow_rec_fini(&wf);
-	}
-	return rc == EC_ENOTFOUND ? 0 : rc;
-}
-
 int store_retry(struct store_txn *t, const char *id, int64_t now_ms)
 {
 	enum task_state st;
@@ -2113,8 +2112,9 @@ int store_retry(struct store_txn *t, const char *id, int64_t now_ms)
 	bool cancelled = false;
 	if ((rc = task_load(t, id, &x)) < 0)
 		return rc;
-	if (x.r.spec.workflow && (rc = wf_cancelled(t, x.r.spec.workflow, &cancelled)) == 0 &&
-	    cancelled)
+	if (x.r.spec.workflow && (rc = wf_cancelled(t, x.r.spec.workflow, &cancelled)) == EC_ENOTFOUND)
+		rc = 0;
+	if (rc == 0 && cancelled)
 		rc = EC_ENOT_DEAD; /* its workflow was cancelled: it stays over */
 	if (rc == 0 && (rc = count_unfinished(t, &x.r.spec, &open)) == 0 && open > 0) {
 		struct worklist wl = { 0 };
@@ -2216,15 +2216,13 @@ out:
 
 int store_retry_workflow(struct store_txn *t, const char *wfid, int64_t now_ms)
 {
-	struct workflow_rec wf;
 	struct idlist ids = { 0 };
-	int rc = wf_load(t, wfid, &wf);
+	bool cancelled = false;
+	int rc = wf_cancelled(t, wfid, &cancelled);
 	if (rc == EC_ENOTFOUND)
 		return EC_EUNKNOWN_WORKFLOW;
 	if (rc < 0)
 		return rc;
-	bool cancelled = wf.cancelled;
-	workflow_rec_fini(&wf);
 	if (cancelled)
 		return EC_ENOT_DEAD; /* a cancelled workflow is over (workflows.md) */
 	size_t retried = 0;
