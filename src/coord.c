@@ -618,10 +618,8 @@ static void hold(struct coord *c, const struct flush_ctx *f, uint64_t gen)
 int coord_sync(struct coord *c)
 {
 	int rc = store_sync(c->st);
-	if (rc == 0) {
-		release(c);
-		drain(c);
-	}
+	if (rc == 0)
+		coord_synced(c);
 	return rc;
 }
 

@@ -119,11 +119,10 @@ static void on_mqtt(struct loop *l, int fd, unsigned events, void *arg)
 	while ((n = mqtt_take_delivered(d->mqtt, tags, 256)) > 0)
 		for (size_t i = 0; i < n; i++)
 			coord_delivered(d->coord, tags[i]);
-	bool failed = false;
+	/* Failed means the connection was lost: the reconnect above resends
+	 * the outbox. The reports are taken to free their window places. */
 	while (mqtt_take_failed(d->mqtt, tags, 256) > 0)
-		failed = true;
-	if (failed)
-		coord_resend_all(d->coord);
+		;
 
 	for (struct mqtt_msg *m = mqtt_take_inbound(d->mqtt, TURN_BYTES), *next; m; m = next) {
 		next = m->next;
@@ -198,8 +197,8 @@ static void on_idle(struct loop *l, void *arg)
 {
 	struct daemon *d = arg;
 	(void)l;
-	if (coord_unsynced(d->coord))
-		coord_sync_later(d->coord); /* on failure the next commit's flush covers it */
+	coord_sync_later(d->coord); /* nothing if all is durable; on failure the next
+				     * commit's flush covers it */
 }
 
 /* On the store's thread: a flush is done. */
