@@ -29,8 +29,9 @@
  * the broker delivers it again (persistent session, DUP set): processing
  * must be idempotent. mqtt_inbound_done(msg, false) refuses it for now: it
  * is offered to the loop again after refuse_retry_ms, still unacknowledged.
- * Up to 256 messages may be in flight to us at once (our MQTT 5 Receive
- * Maximum), so one commit covers every message that arrived in a turn.
+ * Several messages may be in flight to us at once (our MQTT 5 Receive
+ * Maximum: as many as 16 MiB holds at max_message, at most 256), so one
+ * commit covers every message that arrived in a turn.
  */
 #ifndef EC_MQTT_H
 #define EC_MQTT_H

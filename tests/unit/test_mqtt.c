@@ -477,50 +477,109 @@ static void test_ack_only_after_commit(void **state)
 	broker_fini(&b);
 }
 
-/* The module holds at most 16 MiB of messages the loop has not answered:
- * past that it stops reading the socket (TCP holds the rest) until the loop
- * gives some back. 1.5 MiB payloads: the 11th crosses the limit. */
-static void test_held_bytes_throttle(void **state)
+/* Publish N copies of a SIZE-byte file on big/x at QoS qos with
+ * mosquitto_pub. */
+static void publish_big(struct broker *b, int n, int size, const char *qos)
+{
+	char path[300], port[16];
+	FILE *f;
+
+	snprintf(path, sizeof path, "%s/big", b->dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	for (int i = 0; i < size; i++)
+		fputc('x', f);
+	fclose(f);
+	snprintf(port, sizeof port, "%d", b->port);
+	for (int i = 0; i < n; i++) {
+		char *argv[] = { "mosquitto_pub", "-p", port, "-q", (char *)qos, "-t", "big/x",
+				 "-f", path, NULL };
+		assert_int_equal(run(argv, NULL, NULL, 0), 0);
+	}
+}
+
+/* Open a client on big/# with max_message 2 MiB, holding what it gets. */
+static void open_big(struct broker *b, struct tctx *t, char *uri, size_t cap, const char *id)
+{
+	struct mqtt_opts o;
+	struct mqtt *m = NULL;
+	static const char *subs[] = { "big/#" };
+
+	opts_default(&o, uri, cap, b->port, id, subs, 1);
+	o.max_message = 2u << 20;
+	assert_int_equal(mqtt_open(&o, &m), 0);
+	tctx_init(t, m);
+	PUMP_UNTIL(t, 5000, t->subacks == 1);
+	t->policy = P_HOLD;
+}
+
+/* Our own publish is answered while the loop holds all it may: the socket
+ * is still read. */
+static void publish_answered(struct tctx *t)
+{
+	struct mqtt_pub p = { .topic = "out/x", .payload = "a", .len = 1, .tag = 7 };
+
+	assert_int_equal(mqtt_publish(t->m, &p), 0);
+	mqtt_flush(t->m);
+	PUMP_UNTIL(t, 5000, t->n_delivered == 1);
+	assert_int_equal(t->delivered[0], 7);
+}
+
+/* The Receive Maximum we announce keeps QoS 1 messages the loop has not
+ * answered under 16 MiB at the largest size read whole: 7 with a 2 MiB
+ * max_message. The broker keeps the rest, and the socket is still read:
+ * the PUBACKs of our publishes come on it, and a loop waiting for them to
+ * take what it holds (a full outbox) would otherwise wait for ever (the
+ * module used to stop reading past 16 MiB: 11 of these, announcing 256). */
+static void test_held_qos1_bounded(void **state)
 {
 	enum { N = 14, SIZE = 3 << 19 };
 	struct broker b;
 	struct tctx t;
-	struct mqtt_opts o;
-	struct mqtt *m = NULL;
-	char uri[64], path[300], port[16];
-	const char *subs[] = { "big/#" };
-	FILE *f;
+	char uri[64];
 
 	broker_init(&b);
 	broker_start(&b);
-	snprintf(path, sizeof path, "%s/big", b.dir);
-	f = fopen(path, "w");
-	assert_non_null(f);
-	for (int i = 0; i < SIZE; i++)
-		fputc('x', f);
-	fclose(f);
-	opts_default(&o, uri, sizeof uri, b.port, "ec-test-held", subs, 1);
-	o.max_message = 2u << 20;
-	assert_int_equal(mqtt_open(&o, &m), 0);
-	tctx_init(&t, m);
-	PUMP_UNTIL(&t, 5000, t.subacks == 1);
-	t.policy = P_HOLD;
-	snprintf(port, sizeof port, "%d", b.port);
-	for (int i = 0; i < N; i++) {
-		char *argv[] = { "mosquitto_pub", "-p", port, "-q", "1", "-t", "big/x", "-f", path,
-				 NULL };
-		assert_int_equal(run(argv, NULL, NULL, 0), 0);
-	}
-	PUMP_UNTIL(&t, 10000, t.n_held == 11);
+	open_big(&b, &t, uri, sizeof uri, "ec-test-held");
+	publish_big(&b, N, SIZE, "1");
+	PUMP_UNTIL(&t, 10000, t.n_held == 7);
 	pump_for(&t, 1000);
-	assert_int_equal(t.n_held, 11); /* the rest waits in TCP */
-	/* Give them back: reading resumes and the rest arrives. */
+	assert_int_equal(t.n_held, 7); /* the broker keeps the rest */
+	publish_answered(&t);
+	/* Give them back: the broker sends the rest. */
 	t.policy = P_COMMIT;
 	for (size_t i = 0; i < t.n_held; i++)
 		mqtt_inbound_done(t.m, t.held[i], true);
 	t.n_held = 0;
-	PUMP_UNTIL(&t, 10000, t.n_committed == N - 11);
+	PUMP_UNTIL(&t, 10000, t.n_committed == N - 7);
 	assert_int_equal(t.last.payload[0], 'x');
+	tctx_close(&t, 1000);
+	broker_fini(&b);
+}
+
+/* QoS 0 messages have no Receive Maximum: past 16 MiB held they are
+ * dropped (at most once is what they asked for), and reading goes on. */
+static void test_held_qos0_shed(void **state)
+{
+	enum { N = 14, SIZE = 3 << 19 };
+	struct broker b;
+	struct tctx t;
+	char uri[64];
+
+	broker_init(&b);
+	broker_start(&b);
+	open_big(&b, &t, uri, sizeof uri, "ec-test-shed");
+	publish_big(&b, N, SIZE, "0");
+	PUMP_UNTIL(&t, 10000, t.n_held == 11); /* the 11th crosses 16 MiB */
+	pump_for(&t, 1000);
+	assert_int_equal(t.n_held, 11);
+	publish_answered(&t);
+	t.policy = P_COMMIT;
+	for (size_t i = 0; i < t.n_held; i++)
+		mqtt_inbound_done(t.m, t.held[i], true);
+	t.n_held = 0;
+	pump_for(&t, 1000);
+	assert_int_equal(t.n_committed, 0); /* the other 3 are gone */
 	tctx_close(&t, 1000);
 	broker_fini(&b);
 }
@@ -1207,7 +1266,8 @@ int main(void)
 		cmocka_unit_test(test_broker_restart),
 		cmocka_unit_test(test_outage_with_window_full),
 		cmocka_unit_test(test_will_and_online),
-		cmocka_unit_test(test_held_bytes_throttle),
+		cmocka_unit_test(test_held_qos1_bounded),
+		cmocka_unit_test(test_held_qos0_shed),
 		cmocka_unit_test(test_keepalive),
 		cmocka_unit_test(test_broker_by_name),
 		cmocka_unit_test(test_fallback_to_311),
