@@ -556,7 +556,9 @@ static int apply_offline(struct fleet *f, struct store_txn *t, const char *agent
 	return rc;
 }
 
-/* Recovery sweep: tasks whose agent did not come back within the budget. */
+/* Recovery sweep: tasks whose agent did not come back within the budget.
+ * One that came back and is gone again has a budget of its own, from its
+ * last frame (the link's offline): it may yet return with them running. */
 static int apply_sweep(struct fleet *f, struct store_txn *t)
 {
 	struct held h = { 0 };
@@ -566,7 +568,7 @@ static int apply_sweep(struct fleet *f, struct store_txn *t)
 		if (store_task_get(t, h.v.v[i].id, &r) < 0)
 			continue;
 		struct agent *a = agent_find(f, r.agent);
-		if (!a || !a->live)
+		if (!a || !a->known_to_sched)
 			rc = lose_attempt(f, t, r.spec.id, r.lease);
 		task_rec_fini(&r);
 	}

@@ -18,12 +18,17 @@
 #    (h2); restart the coordinator only: after the budget the task is lost,
 #    and it waits, because h1 is still drained (the drain is stored); undrain
 #    h1 and it completes there.
+# 5. SIGKILL the coordinator while h3 runs a task; restart it; h3 comes back
+#    (hello lists the lease) and is SIGKILLed 2 s after the recovery: the
+#    task is lost when h3's own budget ends, not at the recovery sweep 1 s
+#    later (which is for agents that never came back: one that is merely
+#    disconnected may still return with the task running).
 source "$(dirname "$0")/lib.sh"
 e2e_init
 source "$(dirname "$0")/fleet_lib.sh"
 
 fleet_init 200 3
-issue f1 f2 g1 g2 h1 h2
+issue f1 f2 g1 g2 h1 h2 h3
 start_mosquitto
 start_coord --log-level debug
 sub_start res 'edgecoord/tasks/+/result' -q 1
@@ -167,5 +172,25 @@ history r2 >"$WORK/hist"
 grep -Eq '^(dispatched|running) ready h2 .*lost' "$WORK/hist" || fail "r2: no lost step: $(cat "$WORK/hist")"
 grep -Eq '^ready dispatched h1 ' "$WORK/hist" || fail "r2: not dispatched to h1: $(cat "$WORK/hist")"
 pass "coordinator restart: h2 never came back, r2 was lost after the budget, waited for drained h1 and ran there once undrained"
+
+# ---- 5. coordinator restart: an agent back and gone again has its own budget -------------------------
+start_agent h3 --slots 1
+wait_up h3
+pub edgecoord/submit/e2e '{"task_id":"r3","type":"sleep","agent":"h3","payload":{"ms":30000}}' -q 1
+wait_until 10 all_running r3 || fail "r3 is not running"
+kill_bg coord KILL
+start_coord --log-level debug
+coord_wait 'AGENT-UP agent=h3 .* leases=1' 1 10
+t_rec=$(log_ms 'RECOVERED ')
+while [ "$(now_ms)" -lt $((t_rec + 2000)) ]; do sleep 0.05; done
+kill_bg h3 KILL
+t_kill=$(now_ms)
+[ $((t_kill - t_rec)) -lt 2700 ] || fail "h3 was killed $((t_kill - t_rec)) ms after the recovery: too late to tell"
+coord_wait 'TASK-LOST r3 ' 1 10
+t_lost=$(log_ms 'TASK-LOST r3 ')
+echo "h3 back after the restart, then killed: TASK-LOST r3 $((t_lost - t_kill)) ms after the kill (budget 3000 ms, sweep $((t_rec + 3000 - t_kill)) ms after it)"
+[ $((t_lost - t_kill)) -ge 1500 ] ||
+	fail "r3 was lost $((t_lost - t_kill)) ms after h3's kill: the recovery sweep took it before h3's own budget"
+pass "coordinator restart: h3 came back, then went; r3 was lost by h3's own budget, not the sweep"
 
 bg_alive coord || fail "the coordinator died"
