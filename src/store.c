@@ -1917,8 +1917,14 @@ static int count_unfinished(struct store_txn *t, const struct task_spec *s, uint
 	return 0;
 }
 
-/* All upstreams of x are final: ready, skipped, or (in a cancelled
- * workflow) cancelled. */
+static bool wf_final(const struct workflow_rec *wf)
+{
+	for (int s = 0; s < TS__COUNT; s++)
+		if (wf->counts[s] && !task_state_final((enum task_state)s))
+			return false;
+	return true;
+}
+
 /* Whether workflow wfid was cancelled (wf_load's errors otherwise). */
 static int wf_cancelled(struct store_txn *t, const char *wfid, bool *out)
 {
@@ -1931,6 +1937,8 @@ static int wf_cancelled(struct store_txn *t, const char *wfid, bool *out)
 	return rc;
 }
 
+/* All upstreams of x are final: ready, skipped, or (in a cancelled
+ * workflow) cancelled. */
 static int judge(struct store_txn *t, struct trec *x, int64_t now, struct worklist *wl)
 {
 	const struct task_spec *s = &x->r.spec;
@@ -2095,6 +2103,40 @@ int store_cancel(struct store_txn *t, const char *id, int64_t now_ms)
 	return transition_op(t, id, &tr, "cancelled by operator", NULL);
 }
 
+/* A retry in two halves, so that a retried step sees its retried upstreams
+ * open whatever the order of their ids. reopen: a dead task leaves dead,
+ * for ready if it has no upstreams, else for waiting. */
+static int reopen(struct store_txn *t, const char *id, int64_t now, struct worklist *wl)
+{
+	struct trec x;
+	int rc = task_load(t, id, &x);
+	if (rc < 0)
+		return rc;
+	enum task_state to = x.r.spec.ndeps ? TS_WAITING : TS_READY;
+	struct transition tr = { .to = to, .now_ms = now };
+	rc = apply(t, &x, to, &tr, now, "retried by operator", wl);
+	trec_fini(&x);
+	return rc;
+}
+
+/* settle, once every task of the retry has reopened: a waiting one waits
+ * for its open upstreams, or is judged now like any dependent whose last
+ * upstream ended (it runs, or its upstreams' outcome skips it). */
+static int settle(struct store_txn *t, const char *id, int64_t now, struct worklist *wl)
+{
+	struct trec x;
+	uint32_t open;
+	int rc = task_load(t, id, &x);
+	if (rc < 0)
+		return rc;
+	if (x.r.state == TS_WAITING && (rc = count_unfinished(t, &x.r.spec, &open)) == 0) {
+		x.r.unfinished = open;
+		rc = open ? task_save(t, &x) : judge(t, &x, now, wl);
+	}
+	trec_fini(&x);
+	return rc;
+}
+
 int store_retry(struct store_txn *t, const char *id, int64_t now_ms)
 {
 	enum task_state st;
@@ -2105,33 +2147,22 @@ int store_retry(struct store_txn *t, const char *id, int64_t now_ms)
 		return rc;
 	if (st != TS_DEAD)
 		return EC_ENOT_DEAD;
-	/* A task that died waiting (its deadline) may still have upstreams
-	 * open: it waits for them again instead of running without them. */
 	struct trec x;
-	uint32_t open;
 	bool cancelled = false;
 	if ((rc = task_load(t, id, &x)) < 0)
 		return rc;
 	if (x.r.spec.workflow && (rc = wf_cancelled(t, x.r.spec.workflow, &cancelled)) == EC_ENOTFOUND)
 		rc = 0;
-	if (rc == 0 && cancelled)
-		rc = EC_ENOT_DEAD; /* its workflow was cancelled: it stays over */
-	if (rc == 0 && (rc = count_unfinished(t, &x.r.spec, &open)) == 0 && open > 0) {
-		struct worklist wl = { 0 };
-		struct transition tr = { .to = TS_WAITING, .now_ms = now_ms };
-		x.r.unfinished = open;
-		rc = apply(t, &x, TS_WAITING, &tr, now_ms, "retried by operator", &wl);
-		if (rc == 0)
-			rc = propagate(t, &wl, now_ms);
-		wl_fini(&wl);
-		trec_fini(&x);
-		return op_end(t, rc);
-	}
 	trec_fini(&x);
 	if (rc < 0)
 		return rc;
-	struct transition tr = { .to = TS_READY, .now_ms = now_ms };
-	return transition_op(t, id, &tr, "retried by operator", NULL);
+	if (cancelled)
+		return EC_ENOT_DEAD; /* its workflow was cancelled: it stays over */
+	struct worklist wl = { 0 };
+	if ((rc = reopen(t, id, now_ms, &wl)) == 0 && (rc = settle(t, id, now_ms, &wl)) == 0)
+		rc = propagate(t, &wl, now_ms);
+	wl_fini(&wl);
+	return op_end(t, rc);
 }
 
 /* The ids of a workflow's steps, copied out. */
@@ -2191,6 +2222,10 @@ int store_cancel_workflow(struct store_txn *t, const char *wfid, int64_t now_ms)
 		return EC_EUNKNOWN_WORKFLOW;
 	if (rc < 0)
 		return rc;
+	if (wf_final(&wf)) {
+		workflow_rec_fini(&wf);
+		return 0; /* already over, as for a task: it keeps its outcome */
+	}
 	/* Mark first: a step judged while we go (its upstream just cancelled)
 	 * is then cancelled too instead of running or being skipped. */
 	wf.cancelled = true;
@@ -2217,6 +2252,7 @@ out:
 int store_retry_workflow(struct store_txn *t, const char *wfid, int64_t now_ms)
 {
 	struct idlist ids = { 0 };
+	struct worklist wl = { 0 };
 	bool cancelled = false;
 	int rc = wf_cancelled(t, wfid, &cancelled);
 	if (rc == EC_ENOTFOUND)
@@ -2225,19 +2261,27 @@ int store_retry_workflow(struct store_txn *t, const char *wfid, int64_t now_ms)
 		return rc;
 	if (cancelled)
 		return EC_ENOT_DEAD; /* a cancelled workflow is over (workflows.md) */
-	size_t retried = 0;
+	/* Every dead step reopens before any is settled (reopen); the others
+	 * drop out of ids. */
+	size_t n = 0;
 	rc = step_ids(t, wfid, &ids);
 	for (size_t i = 0; i < ids.n && rc == 0; i++) {
 		enum task_state st;
 		if ((rc = task_state_of(t, ids.v[i], &st)) < 0 || st != TS_DEAD)
 			continue;
-		rc = store_retry(t, ids.v[i], now_ms);
-		retried++;
+		if ((rc = reopen(t, ids.v[i], now_ms, &wl)) == 0) {
+			char *keep = ids.v[n];
+			ids.v[n++] = ids.v[i];
+			ids.v[i] = keep;
+		}
 	}
+	for (size_t i = 0; i < n && rc == 0; i++)
+		rc = settle(t, ids.v[i], now_ms, &wl);
+	if (rc == 0)
+		rc = n ? propagate(t, &wl, now_ms) : EC_ENOT_DEAD;
 	idlist_fini(&ids);
-	if (rc == 0 && retried == 0)
-		rc = EC_ENOT_DEAD;
-	return rc;
+	wl_fini(&wl);
+	return op_end(t, rc);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2610,14 +2654,6 @@ static int task_drop(struct store_txn *t, const struct trec *x)
 	if (m->counts[x->r.state])
 		m->counts[x->r.state]--;
 	return 0;
-}
-
-static bool wf_final(const struct workflow_rec *wf)
-{
-	for (int s = 0; s < TS__COUNT; s++)
-		if (wf->counts[s] && !task_state_final((enum task_state)s))
-			return false;
-	return true;
 }
 
 /* A workflow and its steps, if it ended before cutoff and nothing outside

@@ -1079,6 +1079,10 @@ static int retry_fn(struct store_txn *t, void *arg)
 {
 	return store_retry(t, arg, tu_now_ms());
 }
+static int retry_wf_fn(struct store_txn *t, void *arg)
+{
+	return store_retry_workflow(t, arg, tu_now_ms());
+}
 
 /* A deadline passes while the task waits on an upstream: dead, as DESIGN
  * 3.1 says (the move was refused, and the deadline lost: the task ran
@@ -1105,11 +1109,43 @@ static void test_deadline_while_waiting(void **state)
 	assert_int_equal(store_write(f->s, retry_fn, "dn"), 0);
 	assert_int_equal(tu_state(f->s, "dn"), TS_READY);
 	assert_int_equal(tu_check(f->s), 0);
+	/* dead again, and its upstream now dead too: a retry finds it
+	 * skipped, as the DAG would have (it used to run without it). */
+	add_task(f->s, "up2", NULL);
+	const char *d2[] = { "up2", NULL };
+	add_task(f->s, "dn2", d2);
+	assert_int_equal(tu_move(f->s, "dn2", TS_DEAD, 0, NULL), 0);
+	kill_task(f->s, "up2");
+	assert_int_equal(store_write(f->s, retry_fn, "dn2"), 0);
+	assert_int_equal(tu_state(f->s, "dn2"), TS_SKIPPED);
+	assert_int_equal(tu_check(f->s), 0);
 }
 
-static int retry_wf_fn(struct store_txn *t, void *arg)
+/* retry --workflow reopens every dead step before it looks at any: a
+ * downstream step (run_if all_done, so it ran after its upstream died)
+ * waits for its retried upstream whether its id sorts before or after
+ * it (it used to be ready at once when it sorted first). */
+static void test_retry_workflow_any_order(void **state)
 {
-	return store_retry_workflow(t, arg, tu_now_ms());
+	struct fx *f = *state;
+	const char *names[2][2] = { { "o1:a", "o1:b" }, { "o2:b", "o2:a" } }; /* up, down */
+	for (int w = 0; w < 2; w++) {
+		const char *wf = w ? "o2" : "o1", *up = names[w][0], *dn = names[w][1];
+		const char *deps[] = { up, NULL };
+		struct submission sub;
+		tu_sub_init(&sub, SUB_WORKFLOW, wf, 2);
+		tu_spec(&sub.tasks[0], up, wf, NULL);
+		tu_spec(&sub.tasks[1], dn, wf, deps);
+		sub.tasks[1].run_if = RUN_IF_ALL_DONE;
+		submit_ok(f->s, &sub);
+		kill_task(f->s, up);
+		assert_int_equal(tu_state(f->s, dn), TS_READY);
+		kill_task(f->s, dn);
+		assert_int_equal(store_write(f->s, retry_wf_fn, (void *)wf), 0);
+		assert_int_equal(tu_state(f->s, up), TS_READY);
+		assert_int_equal(tu_state(f->s, dn), TS_WAITING);
+		assert_int_equal(tu_check(f->s), 0);
+	}
 }
 
 /* A cancelled workflow is over: retry refuses it, and its dead steps
@@ -1119,15 +1155,42 @@ static void test_no_retry_after_cancel(void **state)
 {
 	struct fx *f = *state;
 	struct submission sub;
-	tu_sub_chain(&sub, "cw", 3, true);
+	tu_sub_chain(&sub, "cw", 3, false);
 	submit_ok(f->s, &sub);
 	assert_int_equal(tu_move(f->s, "cw:s0", TS_DEAD, 0, NULL), 0);
-	assert_int_equal(tu_state(f->s, "cw:s1"), TS_SKIPPED);
 	assert_int_equal(store_write(f->s, cancel_wf_fn, "cw"), 0);
+	assert_int_equal(tu_state(f->s, "cw:s1"), TS_CANCELLED);
 	assert_int_equal(store_write(f->s, retry_wf_fn, "cw"), EC_ENOT_DEAD);
 	assert_int_equal(store_write(f->s, retry_fn, "cw:s0"), EC_ENOT_DEAD);
 	assert_int_equal(tu_state(f->s, "cw:s0"), TS_DEAD);
-	assert_int_equal(tu_state(f->s, "cw:s1"), TS_SKIPPED);
+	assert_int_equal(tu_state(f->s, "cw:s1"), TS_CANCELLED);
+	assert_int_equal(tu_check(f->s), 0);
+}
+
+/* Cancelling a workflow that is over changes nothing, as for a task: it
+ * used to turn a succeeded or failed workflow into a cancelled one (no
+ * step changed, so no status said so, and a failed one could no longer be
+ * retried). */
+static void test_cancel_final_workflow(void **state)
+{
+	struct fx *f = *state;
+	struct submission sub;
+	tu_sub_chain(&sub, "fw", 2, true);
+	submit_ok(f->s, &sub);
+	finish(f->s, "fw:s0", NULL, 0);
+	finish(f->s, "fw:s1", NULL, 0);
+	assert_string_equal(wf_state_of(f->s, "fw", NULL), "succeeded");
+	assert_int_equal(store_write(f->s, cancel_wf_fn, "fw"), 0);
+	assert_string_equal(wf_state_of(f->s, "fw", NULL), "succeeded");
+	tu_sub_chain(&sub, "gw", 2, true);
+	submit_ok(f->s, &sub);
+	kill_task(f->s, "gw:s0");
+	assert_string_equal(wf_state_of(f->s, "gw", NULL), "failed");
+	assert_int_equal(store_write(f->s, cancel_wf_fn, "gw"), 0);
+	assert_string_equal(wf_state_of(f->s, "gw", NULL), "failed");
+	assert_int_equal(store_write(f->s, retry_wf_fn, "gw"), 0);
+	assert_int_equal(tu_state(f->s, "gw:s0"), TS_READY);
+	assert_int_equal(tu_state(f->s, "gw:s1"), TS_WAITING);
 	assert_int_equal(tu_check(f->s), 0);
 }
 
@@ -2018,6 +2081,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_lazy_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sync_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_deadline_while_waiting, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_retry_workflow_any_order, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cancel_final_workflow, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_retry_after_cancel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_state_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unmap, setup, teardown),
