@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "edgecoord/proto.h"
 #include "task.h"
 
 /* DESIGN 2: a payload whose first byte, after an optional UTF-8 BOM and JSON
@@ -68,6 +69,43 @@ int codec_json_to_cbor(const char *json, size_t len, uint32_t max_depth,
  * kept); undefined and simple values become null; non-text map keys are
  * converted to their JSON text. Returns 0, EC_EMALFORMED or -ENOMEM. */
 int codec_cbor_to_json(const uint8_t *cbor, size_t len, char **out, size_t *out_len);
+
+/*
+ * A writer of the messages edgecoord builds itself (msg.c), in either
+ * encoding: CBOR through ec_cbor_w, JSON written directly, the same text
+ * codec_cbor_to_json() makes of the CBOR (converting went through libcbor's
+ * decoder and a tree: a quarter of the coordinator's own instructions in
+ * W2). Containers are sized up front as in CBOR, and JSON closes one when
+ * its last item is written; at most CODEC_W_DEPTH deep. A failure sticks
+ * and comes out of codec_w_take(); JSON also fails on more items than
+ * declared or containers left open.
+ */
+#define CODEC_W_DEPTH 4
+struct codec_w {
+	enum encoding enc;
+	struct ec_cbor_w w;
+	uint32_t depth;
+	bool done;        /* JSON: the top item is complete */
+	struct codec_w_open {
+		uint32_t left;    /* items still to come, keys included */
+		bool map, value;  /* a map; its next item is a value */
+		bool first;
+	} open[CODEC_W_DEPTH];
+};
+void codec_w_init(struct codec_w *w, enum encoding enc);
+void codec_w_map(struct codec_w *w, uint32_t npairs);
+void codec_w_array(struct codec_w *w, uint32_t n);
+void codec_w_text(struct codec_w *w, const char *s);   /* NULL writes null */
+void codec_w_uint(struct codec_w *w, uint64_t v);
+void codec_w_int(struct codec_w *w, int64_t v);
+void codec_w_bool(struct codec_w *w, bool v);
+void codec_w_null(struct codec_w *w);
+/* One encoded CBOR item (NULL/0: null), as it is or as JSON. */
+void codec_w_cbor(struct codec_w *w, const uint8_t *item, size_t n);
+/* The message (new; JSON is NUL-terminated, not counted in *len); 0, or
+ * -ENOMEM, EC_EMALFORMED (an item CBOR could not convert, or containers
+ * left open). Frees w's buffer either way. */
+int codec_w_take(struct codec_w *w, uint8_t **out, size_t *len);
 
 /* True iff cbor is a map with text key `field` whose value is canonically
  * equal to the canonical CBOR item `value`. Used by `when`. */

@@ -12,7 +12,8 @@
  * codec_cbor_field_equals() all work on that tree.
  *
  * Exports codec_cbor_check, codec_cbor_canonical, codec_cbor_to_json,
- * codec_cbor_field_equals (codec.h) and the tree (codec_int.h).
+ * codec_cbor_field_equals, the message writer codec_w_* (codec.h) and the
+ * tree (codec_int.h).
  */
 #include <errno.h>
 #include <math.h>
@@ -639,15 +640,34 @@ out:
 
 /* ---- CBOR -> JSON ---- */
 
-static void out_str(struct ec_cbor_w *w, const char *s, size_t n)
+static inline void out_str(struct ec_cbor_w *w, const char *s, size_t n)
 {
-	if (n)
+	if (n && w->len + n <= w->cap) { /* the common case, without a call */
+		memcpy(w->buf + w->len, s, n);
+		w->len += n;
+	} else if (n) {
 		ec_cbor_w_raw(w, (const uint8_t *)s, n);
+	}
 }
 
-static void out_cstr(struct ec_cbor_w *w, const char *s)
+static inline void out_cstr(struct ec_cbor_w *w, const char *s)
 {
 	out_str(w, s, strlen(s));
+}
+
+/* v in decimal, after a '-' if neg; snprintf cost more than the rest of a
+ * status message. */
+static void out_u64(struct ec_cbor_w *w, uint64_t v, bool neg)
+{
+	char b[21];
+	size_t i = sizeof b;
+	do {
+		b[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	if (neg)
+		b[--i] = '-';
+	out_str(w, b + i, sizeof b - i);
 }
 
 static void json_escape(struct ec_cbor_w *w, const uint8_t *s, size_t n)
@@ -768,18 +788,15 @@ static int json_item(const struct ctree *t, uint32_t root, struct ec_cbor_w *w)
 				continue;
 			}
 		}
-		char b[32];
 		switch (n->type) {
 		case CN_UINT:
-			snprintf(b, sizeof b, "%llu", (unsigned long long)n->u);
-			out_cstr(w, b);
+			out_u64(w, n->u, false);
 			break;
 		case CN_NEGINT:
 			if (n->u == UINT64_MAX)
-				snprintf(b, sizeof b, "-18446744073709551616");
+				out_cstr(w, "-18446744073709551616");
 			else
-				snprintf(b, sizeof b, "-%llu", (unsigned long long)n->u + 1);
-			out_cstr(w, b);
+				out_u64(w, n->u + 1, true);
 			break;
 		case CN_BYTES:
 			json_base64(w, n->s, n->n);
@@ -837,5 +854,171 @@ int codec_cbor_to_json(const uint8_t *cbor, size_t len, char **out, size_t *out_
 	}
 	ec_cbor_w_fini(&w);
 	ctree_fini(&t);
+	return rc;
+}
+
+/* ---- the message writer ---- */
+
+void codec_w_init(struct codec_w *w, enum encoding enc)
+{
+	memset(w, 0, sizeof *w);
+	w->enc = enc;
+	ec_cbor_w_init(&w->w);
+	/* room for a status message: growing from 64 bytes took 3 reallocs */
+	if ((w->w.buf = malloc(256)))
+		w->w.cap = 256;
+}
+
+/* JSON: the separator before an item of the open container. */
+static void jw_begin(struct codec_w *w)
+{
+	if (!w->depth) {
+		if (w->done) /* a second item at the top */
+			w->w.err = EC_EMALFORMED;
+		return;
+	}
+	struct codec_w_open *o = &w->open[w->depth - 1];
+	if (o->left == 0) { /* more items than the container said */
+		w->w.err = EC_EMALFORMED;
+		return;
+	}
+	if (o->value)
+		out_cstr(&w->w, ":");
+	else if (!o->first)
+		out_cstr(&w->w, ",");
+	o->first = false;
+	o->left--;
+	o->value = o->map && !o->value;
+}
+
+/* JSON: close the containers the last item completed. */
+static void jw_end(struct codec_w *w)
+{
+	while (w->depth && w->open[w->depth - 1].left == 0) {
+		out_cstr(&w->w, w->open[w->depth - 1].map ? "}" : "]");
+		w->depth--;
+	}
+	w->done = !w->depth;
+}
+
+static void jw_open(struct codec_w *w, bool map, uint32_t n)
+{
+	jw_begin(w);
+	if (w->depth == CODEC_W_DEPTH || (map && n > UINT32_MAX / 2)) {
+		w->w.err = EC_EMALFORMED;
+		return;
+	}
+	out_cstr(&w->w, map ? "{" : "[");
+	w->open[w->depth++] = (struct codec_w_open){ .left = map ? 2 * n : n, .map = map,
+						      .first = true };
+	jw_end(w); /* an empty one closes at once */
+}
+
+void codec_w_map(struct codec_w *w, uint32_t npairs)
+{
+	if (w->enc == ENC_CBOR)
+		ec_cbor_w_map(&w->w, npairs);
+	else
+		jw_open(w, true, npairs);
+}
+
+void codec_w_array(struct codec_w *w, uint32_t n)
+{
+	if (w->enc == ENC_CBOR)
+		ec_cbor_w_array(&w->w, n);
+	else
+		jw_open(w, false, n);
+}
+
+void codec_w_text(struct codec_w *w, const char *s)
+{
+	if (w->enc == ENC_CBOR) {
+		ec_cbor_w_text(&w->w, s);
+		return;
+	}
+	jw_begin(w);
+	if (s)
+		json_escape(&w->w, (const uint8_t *)s, strlen(s));
+	else
+		out_cstr(&w->w, "null");
+	jw_end(w);
+}
+
+void codec_w_uint(struct codec_w *w, uint64_t v)
+{
+	if (w->enc == ENC_CBOR) {
+		ec_cbor_w_uint(&w->w, v);
+		return;
+	}
+	jw_begin(w);
+	out_u64(&w->w, v, false);
+	jw_end(w);
+}
+
+void codec_w_int(struct codec_w *w, int64_t v)
+{
+	if (w->enc == ENC_CBOR) {
+		ec_cbor_w_int(&w->w, v);
+		return;
+	}
+	jw_begin(w);
+	out_u64(&w->w, v < 0 ? (uint64_t)-(v + 1) + 1 : (uint64_t)v, v < 0);
+	jw_end(w);
+}
+
+void codec_w_bool(struct codec_w *w, bool v)
+{
+	if (w->enc == ENC_CBOR) {
+		ec_cbor_w_bool(&w->w, v);
+		return;
+	}
+	jw_begin(w);
+	out_cstr(&w->w, v ? "true" : "false");
+	jw_end(w);
+}
+
+void codec_w_null(struct codec_w *w)
+{
+	codec_w_cbor(w, NULL, 0);
+}
+
+void codec_w_cbor(struct codec_w *w, const uint8_t *item, size_t n)
+{
+	if (w->enc == ENC_CBOR) {
+		ec_cbor_w_raw(&w->w, item, n);
+		return;
+	}
+	jw_begin(w);
+	if (!item || !n) {
+		out_cstr(&w->w, "null");
+	} else {
+		char *json;
+		size_t jn;
+		int rc = codec_cbor_to_json(item, n, &json, &jn);
+		if (rc < 0 && !w->w.err)
+			w->w.err = rc;
+		if (rc == 0) {
+			out_str(&w->w, json, jn);
+			free(json);
+		}
+	}
+	jw_end(w);
+}
+
+int codec_w_take(struct codec_w *w, uint8_t **out, size_t *len)
+{
+	if (w->enc != ENC_CBOR) {
+		if (w->depth && !w->w.err)
+			w->w.err = EC_EMALFORMED;
+		uint8_t nul = 0;
+		ec_cbor_w_raw(&w->w, &nul, 1);
+	}
+	int rc = ec_cbor_w_finish(&w->w);
+	if (rc == 0) {
+		*out = ec_cbor_w_take(&w->w, len);
+		if (w->enc != ENC_CBOR)
+			(*len)--;
+	}
+	ec_cbor_w_fini(&w->w);
 	return rc;
 }

@@ -1230,6 +1230,107 @@ static void test_int64_of(void **state)
 	assert_false(codec_int64_of(NAN, &v));
 }
 
+/* ---- the message writer ---- */
+
+/* One random item, written on w: the same seed gives the same calls. */
+static void w_random(struct codec_w *w, uint32_t depth)
+{
+	static const char *texts[] = { "", "task_id", "q\"uote", "back\\slash", "tab\there",
+				       "nl\n\x01\x1f", "caf\xc3\xa9 \xe2\x82\xac", NULL };
+	static const struct { uint8_t b[12]; size_t n; } items[] = {
+		{ { 0xa1, 0x61, 0x6b, 0x43, 1, 2, 3 }, 7 },        /* {"k": h'010203'} */
+		{ { 0xfb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0 }, 9 },     /* 1.5 */
+		{ { 0x82, 0xf5, 0xc1, 0x1a, 0, 1, 0, 0 }, 8 },     /* [true, 1(65536)] */
+		{ { 0xa1, 0x01, 0x80 }, 3 },                       /* {1: []} */
+		{ { 0 }, 0 },                                      /* null */
+	};
+	static const int64_t ints[] = { 0, 1, -1, 23, -24, -25, 255, -256, 65536,
+					INT64_MAX, INT64_MIN, -1000000000000 };
+	int k = rand() % (depth < CODEC_W_DEPTH ? 9 : 7);
+	uint32_t n = (uint32_t)(rand() % 4);
+	switch (k) {
+	case 0: codec_w_text(w, texts[rand() % 8]); break;
+	case 1: codec_w_uint(w, rand() % 2 ? UINT64_MAX : (uint64_t)rand()); break;
+	case 2: codec_w_int(w, ints[rand() % 12]); break;
+	case 3: codec_w_bool(w, rand() % 2); break;
+	case 4: codec_w_null(w); break;
+	case 5:
+	case 6: {
+		int i = rand() % 5;
+		codec_w_cbor(w, items[i].n ? items[i].b : NULL, items[i].n);
+		break;
+	}
+	case 7:
+		codec_w_map(w, n);
+		for (uint32_t i = 0; i < n; i++) {
+			codec_w_text(w, texts[rand() % 7]);
+			w_random(w, depth + 1);
+		}
+		break;
+	default:
+		codec_w_array(w, n);
+		for (uint32_t i = 0; i < n; i++)
+			w_random(w, depth + 1);
+		break;
+	}
+}
+
+/* JSON written directly is the text converting the CBOR gives (what the
+ * messages were before the writer), for random items up to the depth. */
+static void test_writer_same_as_converted(void **state)
+{
+	(void)state;
+	for (unsigned seed = 1; seed <= 3000; seed++) {
+		struct codec_w c, j;
+		uint8_t *cb, *js;
+		char *conv;
+		size_t cn, jn, convn;
+		codec_w_init(&c, ENC_CBOR);
+		codec_w_init(&j, ENC_JSON);
+		srand(seed);
+		w_random(&c, 0);
+		srand(seed);
+		w_random(&j, 0);
+		assert_int_equal(codec_w_take(&c, &cb, &cn), 0);
+		assert_int_equal(codec_w_take(&j, &js, &jn), 0);
+		assert_int_equal(codec_cbor_to_json(cb, cn, &conv, &convn), 0);
+		if (jn != convn || memcmp(js, conv, jn) != 0)
+			fail_msg("seed %u: written %.*s, converted %s", seed, (int)jn, js, conv);
+		assert_int_equal(js[jn], 0);
+		free(cb);
+		free(js);
+		free(conv);
+	}
+}
+
+/* A writer used wrongly fails rather than write invalid JSON. */
+static void test_writer_misuse(void **state)
+{
+	(void)state;
+	struct codec_w w;
+	uint8_t *out = NULL;
+	size_t n;
+	codec_w_init(&w, ENC_JSON); /* more items than the map said */
+	codec_w_map(&w, 1);
+	codec_w_text(&w, "a");
+	codec_w_uint(&w, 1);
+	codec_w_text(&w, "b");
+	assert_int_equal(codec_w_take(&w, &out, &n), EC_EMALFORMED);
+	codec_w_init(&w, ENC_JSON); /* left open */
+	codec_w_array(&w, 2);
+	codec_w_null(&w);
+	assert_int_equal(codec_w_take(&w, &out, &n), EC_EMALFORMED);
+	codec_w_init(&w, ENC_JSON); /* too deep */
+	for (int i = 0; i <= CODEC_W_DEPTH; i++)
+		codec_w_array(&w, 1);
+	codec_w_null(&w);
+	assert_int_equal(codec_w_take(&w, &out, &n), EC_EMALFORMED);
+	codec_w_init(&w, ENC_JSON); /* an item that is not CBOR */
+	codec_w_cbor(&w, (const uint8_t *)"\xa1\x61", 2);
+	assert_int_equal(codec_w_take(&w, &out, &n), EC_EMALFORMED);
+	assert_null(out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1260,6 +1361,8 @@ int main(void)
 		cmocka_unit_test_setup(test_sub_big, setup),
 		cmocka_unit_test_setup(test_control, setup),
 		cmocka_unit_test(test_sniff),
+		cmocka_unit_test(test_writer_same_as_converted),
+		cmocka_unit_test(test_writer_misuse),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
