@@ -364,6 +364,18 @@ static int republish(struct coord *c, struct store_txn *t, const struct submissi
 	return 0;
 }
 
+static void nested_begin(struct coord *c)
+{
+	if (c->hooks.nested_begin)
+		c->hooks.nested_begin(c->hooks.arg);
+}
+
+static void nested_end(struct coord *c, bool kept)
+{
+	if (c->hooks.nested_end)
+		c->hooks.nested_end(kept, c->hooks.arg);
+}
+
 static int apply_submit(struct coord *c, struct store_txn *t, struct prep *p)
 {
 	struct submit_result res;
@@ -375,7 +387,9 @@ static int apply_submit(struct coord *c, struct store_txn *t, struct prep *p)
 	if (p->rc)
 		return reject(c, t, p, p->rc, &p->err);
 	memset(&err, 0, sizeof err);
+	nested_begin(c);
 	rc = store_submit(t, &p->sub, p->source, c->o.max_pending, c->now_ms, &res, &err);
+	nested_end(c, rc == 0);
 	if (rc < 0 && ec_reject_code(rc)) {
 		err.code = rc;
 		return reject(c, t, p, rc, &err);
@@ -447,7 +461,9 @@ static int apply_control(struct coord *c, struct store_txn *t, struct prep *p)
 
 	if (p->rc)
 		return reject(c, t, p, p->rc, &p->err);
+	nested_begin(c);
 	rc = store_nested(t, control_fn, &op);
+	nested_end(c, rc == 0);
 	if (rc < 0 && (ec_reject_code(rc) || !transient(rc))) {
 		err.code = rc;
 		snprintf(err.detail, sizeof err.detail, "%s %s '%s': %s", p->verb, key, p->id,

@@ -91,6 +91,12 @@ struct coord_hooks {
 	int (*apply)(struct store_txn *t, int64_t now_ms, void *arg);
 	/* Every store event, inside the transaction (after coord's own rows). */
 	int (*event)(struct store_txn *t, const struct store_event *ev, void *arg);
+	/* Each submission and control message is applied in a nested
+	 * transaction (store_nested): nested_begin() before it, nested_end()
+	 * after. When !kept the store discarded it, and with it what the
+	 * events raised inside it (event()) said. */
+	void (*nested_begin)(void *arg);
+	void (*nested_end)(bool kept, void *arg);
 	/* drain/undrain {"agent": ID}: 0, or EC_EUNKNOWN_AGENT. */
 	int (*control)(struct store_txn *t, const char *verb, const char *agent, void *arg);
 	/* After the transaction: rc 0 if it committed. */

@@ -141,9 +141,11 @@ struct fleet {
 	bool kick;                      /* more work is possible right away */
 	/* The deadline success rate of the fleet summary: tasks with a deadline
 	 * that ended since this start, and those that succeeded in time. The
-	 * turn's share is added on commit. */
+	 * turn's share is added on commit; nest_ holds it as it was before the
+	 * submission or control message being applied, which may be undone. */
 	uint64_t deadline_ended, deadline_met;
 	uint32_t turn_deadline_ended, turn_deadline_met;
+	uint32_t nest_deadline_ended, nest_deadline_met;
 	bool figures_dirty;
 };
 
@@ -1226,6 +1228,25 @@ static int hook_event(struct store_txn *t, const struct store_event *ev, void *a
 	return 0;
 }
 
+static void hook_nested_begin(void *arg)
+{
+	struct fleet *f = arg;
+	f->nest_deadline_ended = f->turn_deadline_ended;
+	f->nest_deadline_met = f->turn_deadline_met;
+}
+
+/* A refused submission (say one task of an array has an unknown dependency,
+ * after another was judged already) stores nothing: the deadline endings it
+ * raised did not happen. */
+static void hook_nested_end(bool kept, void *arg)
+{
+	struct fleet *f = arg;
+	if (kept)
+		return;
+	f->turn_deadline_ended = f->nest_deadline_ended;
+	f->turn_deadline_met = f->nest_deadline_met;
+}
+
 static int hook_control(struct store_txn *t, const char *verb, const char *agent, void *arg)
 {
 	struct fleet *f = arg;
@@ -1412,6 +1433,8 @@ void fleet_coord_hooks(struct fleet *f, struct coord_hooks *h)
 		.begin = hook_begin,
 		.apply = hook_apply,
 		.event = hook_event,
+		.nested_begin = hook_nested_begin,
+		.nested_end = hook_nested_end,
 		.control = hook_control,
 		.committed = hook_committed,
 		.durable = hook_durable,

@@ -3,9 +3,10 @@
  * test_coord.c - the coordinator's turn without a broker: a real store in a
  * temporary directory, and a fake publisher that records what coord hands
  * it. Checks what reaches the outbox for submissions, refusals, answers on a
- * Response Topic, duplicates and control; that messages are acked only after
- * a commit; backpressure; and the outbox drain (order, deletion on delivery,
- * resending after a reconnect).
+ * Response Topic, duplicates and control; the nested hooks around each
+ * message; that messages are acked only after a commit; backpressure; and
+ * the outbox drain (order, deletion on delivery, resending after a
+ * reconnect).
  */
 #include <errno.h>
 #include <ftw.h>
@@ -340,6 +341,71 @@ static void test_control_fails_alone(void **state)
 	assert_null(find(f, "ec/tasks/y/status", "cancelled"));
 }
 
+/* What the nested hooks saw: per operation, whether it was kept and how
+ * many task events it raised. */
+struct nest_rec {
+	bool open;
+	int events;
+	struct { bool kept; int events; } op[8];
+	size_t nop;
+};
+
+static void rec_begin(void *arg)
+{
+	struct nest_rec *r = arg;
+	assert_false(r->open);
+	r->open = true;
+	r->events = 0;
+}
+
+static void rec_end(bool kept, void *arg)
+{
+	struct nest_rec *r = arg;
+	assert_true(r->open);
+	r->open = false;
+	if (r->nop < 8) {
+		r->op[r->nop].kept = kept;
+		r->op[r->nop].events = r->events;
+	}
+	r->nop++;
+}
+
+static int rec_event(struct store_txn *t, const struct store_event *ev, void *arg)
+{
+	struct nest_rec *r = arg;
+	(void)t;
+	if (ev->kind == STORE_EV_TASK && r->open)
+		r->events++;
+	return 0;
+}
+
+/* Each submission and control message is bracketed by nested_begin/end, and
+ * a refused one says so: the fleet drops what its events counted (a task
+ * judged skipped before the array it came in was refused was counted as a
+ * missed deadline). */
+static void test_nested_hooks(void **state)
+{
+	struct fx *f = *state;
+	struct nest_rec r = { 0 };
+	struct coord_hooks h = { .arg = &r, .event = rec_event, .nested_begin = rec_begin,
+				 .nested_end = rec_end };
+	coord_set_hooks(f->c, &h);
+	assert_true(send_msg(f, "ec/submit/c", "{\"task_id\":\"x\",\"type\":\"e\"}", NULL, NULL));
+	assert_true(send_msg(f, "ec/control/cancel", "{\"task_id\":\"x\"}", NULL, NULL));
+	assert_true(send_msg(f, "ec/submit/c",
+			     "[{\"task_id\":\"a\",\"type\":\"e\",\"depends_on\":[\"x\"]},"
+			     "{\"task_id\":\"b\",\"type\":\"e\",\"depends_on\":[\"nope\"]}]",
+			     NULL, NULL));
+	assert_non_null(find(f, "ec/rejected/c", "unknown_dependency"));
+	assert_true(send_msg(f, "ec/control/cancel", "{\"task_id\":\"nope\"}", NULL, NULL));
+	assert_false(r.open);
+	assert_int_equal(r.nop, 4);
+	assert_true(r.op[0].kept && r.op[0].events > 0);
+	assert_true(r.op[1].kept && r.op[1].events == 1);
+	assert_true(!r.op[2].kept && r.op[2].events > 0); /* a was stored, then undone */
+	assert_false(r.op[3].kept);
+}
+
 static void test_outbox_drain(void **state)
 {
 	struct fx *f = *state;
@@ -554,6 +620,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_duplicate_republishes_status, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_control, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_control_fails_alone, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_nested_hooks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_outbox_drops_unpublishable, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_response_topics_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_outbox_drain, setup, teardown),
