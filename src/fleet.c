@@ -141,8 +141,9 @@ struct fleet {
 	bool kick;                      /* more work is possible right away */
 	/* The deadline success rate of the fleet summary: tasks with a deadline
 	 * that ended since this start, and those that succeeded in time. The
-	 * turn's share is added on commit; nest_ holds it as it was before the
-	 * submission or control message being applied, which may be undone. */
+	 * turn's share is added on commit (its summary row counts it already);
+	 * nest_ holds it as it was before the submission or control message
+	 * being applied, which may be undone. */
 	uint64_t deadline_ended, deadline_met;
 	uint32_t turn_deadline_ended, turn_deadline_met;
 	uint32_t nest_deadline_ended, nest_deadline_met;
@@ -1018,6 +1019,12 @@ static int agent_row(struct fleet *f, struct store_txn *t, const struct agent *a
 static int summary_row(struct fleet *f, struct store_txn *t)
 {
 	unsigned n[4] = { 0 }; /* online, suspect, offline, draining */
+	/* With this turn's endings: they are all raised by now (messages,
+	 * results, timers, dispatch), and the turn that writes this row clears
+	 * figures_dirty, so leaving them out would show them only at the next
+	 * periodic publish. */
+	uint64_t ended = f->deadline_ended + f->turn_deadline_ended;
+	uint64_t met = f->deadline_met + f->turn_deadline_met;
 	char topic[MSG_TOPIC_MAX];
 	char *json;
 	size_t len;
@@ -1050,8 +1057,8 @@ static int summary_row(struct fleet *f, struct store_txn *t)
 	ec_cbor_w_text(&w, "load_cv");
 	ec_cbor_w_double(&w, sched_load_cv(f->sc));
 	ec_cbor_w_text(&w, "deadline_success_rate"); /* null until a deadline task ends */
-	if (f->deadline_ended)
-		ec_cbor_w_double(&w, (double)f->deadline_met / (double)f->deadline_ended);
+	if (ended)
+		ec_cbor_w_double(&w, (double)met / (double)ended);
 	else
 		ec_cbor_w_null(&w);
 	ec_cbor_w_text(&w, "ts");
