@@ -15,7 +15,10 @@
 #     retried and dead with "timeout" after max_attempts;
 #  4. deadlines: a task no agent can run is dead with deadline_exceeded
 #     soon after its deadline; a running task past its deadline is dead and
-#     cancelled on its agent.
+#     cancelled on its agent;
+#  5. the fleet summary's deadline_success_rate: tasks of a refused
+#     submission do not count, and the summary published with (or after) a
+#     task's ending already counts it.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/coord_lib.sh"
 e2e_init
@@ -177,3 +180,63 @@ rate_is_third() { last_msg health "$P/fleet/health" | grep -q '"deadline_success
 wait_until 5 rate_is_third ||
 	fail "deadline_success_rate is not 1/3: $(last_msg health "$P/fleet/health")"
 pass "deadlines feed the fleet's deadline success rate"
+
+# ---- 5. the deadline success rate counts stored endings, at once ------------
+# Subscriber "dl" reads the statuses and the summary on one connection, in
+# the order the coordinator published them.
+sub_start dl "$P/fleet/health" -t "$P/tasks/+/status"
+sub_start rejected "$P/rejected/#"
+
+# The deadline_success_rate of the first summary published after the status
+# of task ID saying STATE; nothing while there is none yet.
+rate_after() {
+	python3 - "$WORK/dl.log" "$P" "$1" "$2" <<'EOF'
+import json, sys
+log, p, task, state = sys.argv[1:]
+seen = False
+for line in open(log):
+    topic, _, body = line.rstrip("\n").partition(" ")
+    if topic == "%s/tasks/%s/status" % (p, task) and json.loads(body)["state"] == state:
+        seen = True
+    elif seen and topic == p + "/fleet/health":
+        print(json.loads(body)["deadline_success_rate"])
+        break
+EOF
+}
+_rate_after_seen() { [ -n "$(rate_after "$1" "$2")" ]; }
+
+# Waits for that summary and checks its rate (3 decimals).
+#   check_rate_after ID STATE WANT
+check_rate_after() {
+	wait_until 5 _rate_after_seen "$1" "$2" ||
+		fail "no fleet summary after $1 was $2: $(last_msg dl "$P/fleet/health")"
+	local got
+	got=$(rate_after "$1" "$2")
+	[ "$(printf '%.3f' "$got")" = "$3" ] ||
+		fail "deadline_success_rate after $1 was $2: $got, want $3"
+}
+
+# q1 waits for x1, which no agent runs; once x1 is cancelled q1 is skipped
+# the moment it is stored. Stored along with q2, whose dependency is
+# unknown, it is not stored at all: the whole array is refused, after q1
+# was judged inside the submission's own (discarded) transaction.
+submit s1 '{"task_id": "x1", "type": "nobody-runs-this"}'
+wait_state x1 ready 10
+ctl cancel x1 >"$WORK/cancel.out" 2>&1 || fail "cancel x1 refused: $(cat "$WORK/cancel.out")"
+wait_state x1 cancelled 10
+submit s1 '[{"task_id": "q1", "type": "echo", "deadline": 9999999999999, "depends_on": ["x1"]},
+  {"task_id": "q2", "type": "echo", "depends_on": ["nope"]}]'
+sub_wait rejected "^$P/rejected/s1 .*\"error\":\"unknown_dependency\"" 1 10
+[ "$(state_of q1)" = none ] || fail "q1 of a refused submission is $(state_of q1)"
+# q3 makes its deadline: 2 of 4 (r4, r5 missed; r6, q3 made it).
+submit s1 "{\"task_id\": \"q3\", \"type\": \"echo\", \"deadline\": $(( $(now_ms) + 3600000 ))}"
+check_rate_after q3 succeeded 0.500
+pass "a refused submission's tasks do not count in the deadline success rate"
+
+# q4 is dead at its deadline by the coordinator's timer, in a turn of its
+# own, over a second after the last summary: that turn publishes one, and
+# it must already count q4 (2 of 5), not wait for the next periodic one.
+submit s1 "{\"task_id\": \"q4\", \"type\": \"nobody-runs-this\", \"deadline\": $(( $(now_ms) + 2500 ))}"
+wait_state q4 dead 10
+check_rate_after q4 dead 0.400
+pass "the summary published when a deadline task ends counts it"
