@@ -3276,8 +3276,14 @@ static int check_task(struct store_txn *t, const MDB_val *kv, const MDB_val *vv,
 	uint8_t key[9 + TASK_FULLID_MAX];
 	MDB_val v;
 	int rc = trec_decode(vv, &x);
-	if (rc < 0)
-		return bad(k, "task record %.*s undecodable%s", "?", "");
+	if (rc < 0) {
+		/* bad() takes strings: the key, cut to what an id can be */
+		char kid[TASK_FULLID_MAX + 1];
+		size_t l = kv->mv_size < TASK_FULLID_MAX ? kv->mv_size : TASK_FULLID_MAX;
+		memcpy(kid, kv->mv_data, l);
+		kid[l] = 0;
+		return bad(k, "task record %s undecodable%s", kid, "");
+	}
 	const struct task_rec *r = &x.r;
 	const char *id = r->spec.id;
 	enum task_state st = r->state;

@@ -384,6 +384,49 @@ static void test_upgrade_state_index(void **state)
 	assert_int_equal(tu_check(f->s), 0);
 }
 
+/* Put one row into table `db` with LMDB directly, as a damaged store or a
+ * foreign writer would have it (the store must be closed). */
+static void raw_put(const char *dir, const char *db, const char *key, const void *val,
+		    size_t len)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 32), 0);
+	assert_int_equal(mdb_env_set_mapsize(env, 8 << 20), 0);
+	assert_int_equal(mdb_env_open(env, dir, MDB_NOTLS, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
+	MDB_val k = { strlen(key), (void *)key }, v = { len, (void *)val };
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+}
+
+/* store_check's verdict and its reason. */
+static int check_why(struct store *s, char *why, size_t len)
+{
+	struct tu_check a = { "", 0 };
+	int rc = store_read(s, tu_check_fn, &a);
+	snprintf(why, len, "%s", a.why);
+	return rc ? rc : a.rc;
+}
+
+/* fsck names the key of a task record it cannot decode (it used to pass
+ * bad() arguments that did not match its format). */
+static void test_check_undecodable(void **state)
+{
+	struct fx *f = *state;
+	char why[256];
+	add_task(f->s, "fine", NULL);
+	store_close(f->s);
+	raw_put(f->dir, "tasks", "broken-1", "\xff\xff\xff", 3);
+	f->s = open_at(f->dir, 8 << 20, 256 << 20, true);
+	assert_int_equal(check_why(f->s, why, sizeof why), EC_ESTORE);
+	assert_string_equal(why, "task record broken-1 undecodable");
+}
+
 /* kB of the data file mapped in this process (smaps Rss of data.mdb). */
 static long mapped_kb(void)
 {
@@ -2085,6 +2128,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_cancel_final_workflow, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_retry_after_cancel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_state_index, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_check_undecodable, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unmap, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
