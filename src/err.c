@@ -32,6 +32,7 @@ static const struct {
 	{ EC_ECONFIG, NULL, "configuration error" },
 	{ EC_EMAPFULL, NULL, "store map full" },
 	{ EC_ESTALE, NULL, "stale lease" },
+	{ EC_ETRUNCATED, NULL, "data file truncated" },
 };
 
 const char *ec_strerror(int err)

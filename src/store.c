@@ -980,6 +980,30 @@ void store_lease_floor(struct store *s, uint64_t lease)
 		s->lease_floor = lease;
 }
 
+/*
+ * A data file shorter than the pages its last meta page uses (a copy cut
+ * short, a full disk while restoring) is mapped all the same, and the first
+ * read past its end kills the process with SIGBUS inside LMDB. The meta
+ * pages are read with read(), not through the map, so this is known before
+ * any page is touched.
+ */
+static int check_file_size(struct store *s, const char *dir)
+{
+	MDB_envinfo info;
+	MDB_stat st;
+	struct stat sb;
+	int fd;
+	if (mdb_env_info(s->env, &info) || mdb_env_stat(s->env, &st) ||
+	    mdb_env_get_fd(s->env, &fd) || fstat(fd, &sb) < 0)
+		return EC_ESTORE;
+	uint64_t need = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+	if ((uint64_t)sb.st_size >= need)
+		return 0;
+	log_warnx("STORE-OPEN %s: data file truncated: %lld bytes, the store needs %llu", dir,
+		  (long long)sb.st_size, (unsigned long long)need);
+	return EC_ETRUNCATED;
+}
+
 int store_open(const struct store_opts *o, struct store **out)
 {
 	struct store *s = calloc(1, sizeof *s);
@@ -1014,6 +1038,8 @@ int store_open(const struct store_opts *o, struct store **out)
 		rc = rc > 0 ? -rc : EC_ESTORE;
 		goto fail;
 	}
+	if ((rc = check_file_size(s, o->dir)) < 0)
+		goto fail;
 	int dead = 0;
 	mdb_reader_check(s->env, &dead);
 	if (dead)

@@ -36,6 +36,7 @@ enum ec_err {
 	EC_ECONFIG = EC_E_BASE - 24,     /* bad configuration */
 	EC_EMAPFULL = EC_E_BASE - 25,    /* the map must grow; retry the txn */
 	EC_ESTALE = EC_E_BASE - 26,      /* a lease that is no longer current */
+	EC_ETRUNCATED = EC_E_BASE - 27,  /* the store's data file is shorter than its tree */
 };
 
 /* Text for any code (ours or -errno). Never NULL, static storage. */
