@@ -42,6 +42,10 @@
 /* An idle loop lets go of the store's mapped pages at most this often
  * (store_unmap): what it reads again comes back from the page cache. */
 #define UNMAP_PERIOD_MS 1000
+/* How often the loop clears the reader slots of dead processes
+ * (store_reader_check): a slot left by a killed edgecoordctl stops the
+ * reuse of freed pages, and the data file grew 13-fold under load. */
+#define READERS_PERIOD_MS 10000
 
 struct daemon {
 	struct config cfg;
@@ -61,6 +65,7 @@ struct daemon {
 	bool log_level_flag;            /* --log-level given: SIGHUP keeps it */
 	int64_t next_unmap;             /* loop_now_ms() of the next store_unmap */
 	uint64_t unmapped_at;           /* store_written() then: nothing since? */
+	int64_t next_readers;           /* loop_now_ms() of the next reader check */
 };
 
 static void usage(FILE *f)
@@ -150,6 +155,16 @@ static void maybe_unmap(struct daemon *d)
 	}
 }
 
+/* Stale readers matter only to a store that is written, and writes happen
+ * in loop turns: a quiet loop need not wake for this. */
+static void maybe_check_readers(struct daemon *d)
+{
+	if (loop_now_ms() >= d->next_readers) {
+		store_reader_check(d->store);
+		d->next_readers = loop_now_ms() + READERS_PERIOD_MS;
+	}
+}
+
 /* Before the loop sleeps: commit the turn, then acknowledge. */
 static void before_sleep(struct loop *l, void *arg)
 {
@@ -185,6 +200,7 @@ static void before_sleep(struct loop *l, void *arg)
 	d->pending = NULL;
 	d->npending = 0;
 	maybe_unmap(d);
+	maybe_check_readers(d);
 	/* Everything this turn published (outbox drain, statuses) and the
 	 * PUBACKs of what it committed leave in one write. */
 	if (d->mqtt)

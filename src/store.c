@@ -974,6 +974,16 @@ static int skip_leases(struct store_txn *t)
 	return rc;
 }
 
+int store_reader_check(struct store *s)
+{
+	int dead = 0;
+	if (mdb_reader_check(s->env, &dead) != 0)
+		return EC_ESTORE;
+	if (dead)
+		log_info("STORE-READERS cleared %d stale reader slot(s)", dead);
+	return dead;
+}
+
 void store_lease_floor(struct store *s, uint64_t lease)
 {
 	if (lease > s->lease_floor)
@@ -1040,10 +1050,7 @@ int store_open(const struct store_opts *o, struct store **out)
 	}
 	if ((rc = check_file_size(s, o->dir)) < 0)
 		goto fail;
-	int dead = 0;
-	mdb_reader_check(s->env, &dead);
-	if (dead)
-		log_info("STORE-READERS cleared %d stale reader slot(s)", dead);
+	store_reader_check(s);
 	MDB_envinfo info;
 	mdb_env_info(s->env, &info);
 	s->map_size = info.me_mapsize;
@@ -1416,7 +1423,11 @@ int store_write(struct store *s, store_txn_fn fn, void *arg)
 		if (!t.map_full)
 			return rc;
 		/* MAP_FULL anywhere, even if fn swallowed it: grow and rerun. No
-		 * transaction of this process is open here, as set_mapsize needs. */
+		 * transaction of this process is open here, as set_mapsize needs.
+		 * A reader that died in a transaction pins every page freed since
+		 * its snapshot: free them first, and the map may not need to. */
+		if (store_reader_check(s) > 0)
+			continue;
 		if (s->map_size >= s->max_map_size)
 			return EC_ESTORE_FULL;
 		size_t grow = s->map_size * 2;

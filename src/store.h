@@ -64,6 +64,14 @@ struct store_opts {
 int store_open(const struct store_opts *o, struct store **out);
 void store_close(struct store *s);
 
+/* Clear the reader slots of processes that died in a read transaction
+ * (edgecoordctl killed by SIGPIPE or Ctrl-C): such a slot keeps every page
+ * freed after its snapshot from being reused, and the data file grows.
+ * store_open and a store_write that fills the map do it; the daemon also
+ * every few seconds. Returns the number cleared (logged as STORE-READERS),
+ * or EC_ESTORE. Cheap: one pass over the reader table. */
+int store_reader_check(struct store *s);
+
 /* Dispatch hands out leases from a counter in the store. Opening for writing
  * skips STORE_LEASE_GAP of them, and store_lease_floor() makes the next ones
  * greater than `lease`: a lease sent to an agent in a transaction that never

@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -2090,6 +2091,72 @@ static void test_open_errors(void **state)
 	tu_rmrf(dir);
 }
 
+/* The child of test_stale_reader: dies inside a read transaction, the way
+ * `edgecoordctl tasks | head` did, leaving its reader slot behind. */
+static int die_reading_fn(struct store_txn *t, void *arg)
+{
+	(void)t;
+	(void)arg;
+	raise(SIGKILL);
+	return 0;
+}
+
+static int die_reading_child(const char *dir)
+{
+	struct store *s = open_at(dir, 0, 0, true);
+	store_read(s, die_reading_fn, NULL);
+	return 1;
+}
+
+static void die_reading(const char *dir)
+{
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		execl(self_path, self_path, "--die-reading", dir, (char *)NULL);
+		_exit(127);
+	}
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+}
+
+struct churn {
+	unsigned n;
+};
+
+static int churn_fn(struct store_txn *t, void *arg)
+{
+	struct churn *c = arg;
+	uint8_t blob[2000];
+	memset(blob, (int)(c->n++ & 0xff), sizeof blob);
+	return store_agent_put(t, "churn", blob, sizeof blob);
+}
+
+/* A stale reader slot pins every page freed after its snapshot. A write
+ * that fills the map clears it before growing the map (which used to grow
+ * instead, 13-fold under load), and store_reader_check() clears and counts
+ * such slots for the daemon's periodic check. */
+static void test_stale_reader(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	struct store *s = open_at(dir, 256 << 10, 64 << 20, false);
+	struct churn c = { 0 };
+	size_t used, map;
+	assert_int_equal(store_write(s, churn_fn, &c), 0);
+	die_reading(dir);
+	for (int i = 0; i < 300; i++)
+		assert_int_equal(store_write(s, churn_fn, &c), 0);
+	assert_int_equal(store_usage(s, &used, &map), 0);
+	assert_int_equal(map, 256 << 10);
+	die_reading(dir); /* its open cleared no slot: there was none */
+	assert_int_equal(store_reader_check(s), 1);
+	assert_int_equal(store_reader_check(s), 0);
+	store_close(s);
+	tu_rmrf(dir);
+}
+
 /* A data file cut short is refused at open, read-only or not, with what it
  * has and what it needs; it used to open, and every read past its end died
  * of SIGBUS inside LMDB. */
@@ -2119,6 +2186,8 @@ int main(int argc, char **argv)
 	self_path = argv[0];
 	if (argc == 5 && strcmp(argv[1], "--ro-child") == 0)
 		return ro_child(argv[2], argv[3], argv[4]);
+	if (argc == 3 && strcmp(argv[1], "--die-reading") == 0)
+		return die_reading_child(argv[2]);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_every_transition, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_leases_attempts, setup, teardown),
@@ -2146,6 +2215,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_read_only_beside_writer, setup, teardown),
 		cmocka_unit_test(test_open_errors),
 		cmocka_unit_test(test_truncated_file),
+		cmocka_unit_test(test_stale_reader),
 		cmocka_unit_test_setup_teardown(test_lazy_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sync_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_deadline_while_waiting, setup, teardown),

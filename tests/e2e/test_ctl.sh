@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# test_ctl.sh - edgecoordctl against a daemon holding 20,000 ready tasks,
+# where a listing is larger than a pipe holds:
+#  - an edgecoordctl killed in the middle of a listing leaves its LMDB reader
+#    slot; the daemon clears it (STORE-READERS) within its 10 s period.
+source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/coord_lib.sh"
+e2e_init
+
+coord_start </dev/null
+
+batch() { # batch PREFIX N: N tasks of a type nobody runs
+	local i sep=
+	printf '['
+	for ((i = 1; i <= $2; i++)); do
+		printf '%s{"task_id":"%s-%05d","type":"nobody"}' "$sep" "$1" "$i"
+		sep=,
+	done
+	printf ']'
+}
+# (from a file: one argument holds at most 128 KiB)
+for b in a b; do
+	batch "$b" 10000 >"$WORK/batch.json"
+	mosquitto_pub -h 127.0.0.1 -p "$MQTT_PORT" -t "$P/submit/load" -f "$WORK/batch.json" -q 1
+done
+wait_state b-10000 ready 60
+
+# ---- a killed reader's slot ---------------------------------------------------
+# The listing fills a fifo nobody reads (fd 3 only holds it open) and blocks
+# inside its read transaction; SIGKILL leaves the slot. No edgecoordctl may
+# run until the daemon has cleared it: its open clears stale slots too.
+mkfifo "$WORK/fifo"
+exec 3<>"$WORK/fifo"
+"$EC_BIN/edgecoordctl" --data-dir "$DATA" tasks >"$WORK/fifo" 2>/dev/null &
+stuck=$!
+sleep 1
+kill -0 "$stuck" 2>/dev/null || fail "the listing into a full fifo did not block"
+kill -KILL "$stuck"
+wait "$stuck" 2>/dev/null || true
+exec 3<&-
+# The daemon checks at most every 10 s, in a loop turn: submissions make turns.
+_cleared() {
+	submit load '{"task_id":"turn","type":"nobody"}'
+	grep -q 'STORE-READERS cleared 1 stale reader slot' "$WORK/coord.log"
+}
+wait_until 25 _cleared || fail "the daemon did not clear the killed reader's slot"
+pass "a reader killed in a transaction: the daemon clears its slot (STORE-READERS)"
