@@ -2216,10 +2216,25 @@ static void idlist_fini(struct idlist *l)
 	memset(l, 0, sizeof *l);
 }
 
+/* "wf:", the keys of wf's steps start with it. 0 if wf is longer than an id
+ * can be: no step has it (snprintf's return, the length it wanted to
+ * write, read past the buffer). */
+static size_t steps_prefix(const char *wf, char prefix[TASK_ID_MAX + 2])
+{
+	size_t l = strlen(wf);
+	if (l > TASK_ID_MAX)
+		return 0;
+	memcpy(prefix, wf, l);
+	prefix[l] = ':';
+	return l + 1;
+}
+
 static int step_ids(struct store_txn *t, const char *wf, struct idlist *out)
 {
 	char prefix[TASK_ID_MAX + 2];
-	size_t pl = (size_t)snprintf(prefix, sizeof prefix, "%s:", wf);
+	size_t pl = steps_prefix(wf, prefix);
+	if (!pl)
+		return 0;
 	MDB_cursor *c;
 	MDB_val k = mv(prefix, pl), v;
 	int rc = xl(t, mdb_cursor_open(t->txn, t->s->dbi[DB_TASKS], &c));
@@ -2909,9 +2924,9 @@ int store_tasks_scan(struct store_txn *t, int state, store_task_fn fn, void *arg
 int store_workflow_steps(struct store_txn *t, const char *wf, store_task_fn fn, void *arg)
 {
 	char prefix[TASK_ID_MAX + 2];
-	size_t pl = (size_t)snprintf(prefix, sizeof prefix, "%s:", wf);
+	size_t pl = steps_prefix(wf, prefix);
 	struct task_cb cb = { fn, arg, -1 };
-	return scan_prefix(t, DB_TASKS, prefix, pl, scan_tasks_cb, &cb);
+	return pl ? scan_prefix(t, DB_TASKS, prefix, pl, scan_tasks_cb, &cb) : 0;
 }
 
 struct wf_cb {

@@ -250,7 +250,8 @@ int store_result_get(struct store_txn *t, const char *id, struct result_rec *out
 typedef int (*store_task_fn)(const struct task_rec *r, void *arg);
 /* state < 0: all tasks, in id order; else the tasks in that state. */
 int store_tasks_scan(struct store_txn *t, int state, store_task_fn fn, void *arg);
-/* The steps of workflow wf, in id order. */
+/* The steps of workflow wf, in id order (none if wf is longer than
+ * TASK_ID_MAX). */
 int store_workflow_steps(struct store_txn *t, const char *wf, store_task_fn fn, void *arg);
 typedef int (*store_wf_fn)(const struct workflow_rec *w, void *arg);
 int store_workflows_scan(struct store_txn *t, store_wf_fn fn, void *arg);

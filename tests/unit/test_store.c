@@ -1710,6 +1710,30 @@ static int reads_fn(struct store_txn *t, void *arg)
 	return rc;
 }
 
+static int long_wf_fn(struct store_txn *t, void *arg)
+{
+	char wf[301];
+	memset(wf, 'w', 300);
+	wf[300] = 0;
+	return store_workflow_steps(t, wf, count_cb, arg);
+}
+
+/* A workflow id longer than any can be has no steps; its prefix key used to
+ * be as long as snprintf wanted, read past a 102-byte buffer (ASan). */
+static void test_steps_long_id(void **state)
+{
+	struct fx *f = *state;
+	struct submission sub;
+	char wf[TASK_ID_MAX + 1];
+	memset(wf, 'w', TASK_ID_MAX);
+	wf[TASK_ID_MAX] = 0;
+	tu_sub_chain(&sub, wf, 2, false);
+	submit_ok(f->s, &sub);
+	int n = 0;
+	assert_int_equal(store_read(f->s, long_wf_fn, &n), 0);
+	assert_int_equal(n, 0);
+}
+
 struct loop_arg {
 	const char *id;
 	int n;
@@ -2275,6 +2299,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_upgrade_state_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_check_undecodable, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_check_many_sources, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_steps_long_id, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unmap, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
