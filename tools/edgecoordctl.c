@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +64,23 @@ static int fail(int rc, const char *what)
 	return 1;
 }
 
+/* A store iterator's callback returns this to stop a listing whose output
+ * failed (a full disk, a closed pipe): main() reports it. */
+#define STOP_OUTPUT 1
+
+static int out_errno; /* of the first failed write to stdout */
+
+/* Whether stdout has failed; called right after printing, while errno is
+ * still that of the failed write (stdio keeps only a flag). */
+static bool out_failed(void)
+{
+	if (!ferror(stdout))
+		return false;
+	if (!out_errno)
+		out_errno = errno;
+	return true;
+}
+
 /* Render w (one CBOR item) as JSON on stdout. Consumes w. */
 static int print_json(struct ec_cbor_w *w)
 {
@@ -75,6 +93,7 @@ static int print_json(struct ec_cbor_w *w)
 	if (rc < 0)
 		return fail(rc, "rendering JSON");
 	printf("%s\n", json);
+	out_failed();
 	free(json);
 	return 0;
 }
@@ -128,7 +147,7 @@ static int list_one(const struct task_rec *r, void *arg)
 			printf("%-40s %-10s %3u  %-16s %s\n", r->spec.id,
 			       task_state_name(r->state), r->attempt,
 			       r->agent[0] ? r->agent : "-", r->spec.type);
-		return 0;
+		return out_failed() ? STOP_OUTPUT : 0;
 	}
 	ec_cbor_w_map(&l->items, 7);
 	ec_cbor_w_text(&l->items, "task_id");
@@ -170,7 +189,7 @@ static int run_list(struct ctl *c, struct list *l)
 		ec_cbor_w_fini(&l->items);
 		return fail(rc, "reading the store");
 	}
-	if (!c->json) {
+	if (!c->json || rc == STOP_OUTPUT) {
 		ec_cbor_w_fini(&l->items);
 		return 0;
 	}
@@ -671,7 +690,7 @@ static int agent_one(const char *agent, const uint8_t *blob, size_t len, void *a
 		fmt_time(r.last_seen_ms, ts, sizeof ts);
 		printf("%-24s %-9s %5u %8llu %6.1f%% %7u  %-24s %s\n", agent, r.state, r.slots,
 		       (unsigned long long)done, 100.0 * rate, p50, ts, r.caps);
-		return 0;
+		return out_failed() ? STOP_OUTPUT : 0;
 	}
 	ec_cbor_w_map(&c->items, 9);
 	ec_cbor_w_text(&c->items, "agent");
@@ -721,7 +740,7 @@ static int cmd_agents(struct ctl *c)
 		ec_cbor_w_fini(&a.items);
 		return fail(rc, "reading the store");
 	}
-	if (!c->json) {
+	if (!c->json || rc == STOP_OUTPUT) {
 		ec_cbor_w_fini(&a.items);
 		return 0;
 	}
@@ -870,7 +889,7 @@ static bool is_query(const char *cmd)
 	return false;
 }
 
-int main(int argc, char **argv)
+static int run(int argc, char **argv)
 {
 	struct ctl c = { .data_dir = "./edgecoord-data", .broker = "tcp://127.0.0.1:1883",
 			 .prefix = "edgecoord" };
@@ -933,4 +952,25 @@ int main(int argc, char **argv)
 		ret = cmd_workflow(&c, cmd, argc, argv);
 	store_close(c.store);
 	return ret;
+}
+
+/* Whatever was printed must have reached stdout: a full disk or a closed
+ * pipe fails the command rather than truncating its output silently. */
+static int output_done(int ret)
+{
+	int err = fflush(stdout) == EOF ? errno : out_errno;
+	if (!err && !ferror(stdout))
+		return ret;
+	fprintf(stderr, "edgecoordctl: writing the output: %s\n",
+		err ? strerror(err) : "write error");
+	return 1;
+}
+
+int main(int argc, char **argv)
+{
+	/* A closed pipe (edgecoordctl tasks | head) is then a write error that
+	 * ends the listing and its read transaction, not a signal that kills
+	 * the process inside it: LMDB would keep the dead reader's slot. */
+	signal(SIGPIPE, SIG_IGN);
+	return output_done(run(argc, argv));
 }

@@ -3,7 +3,10 @@
 # test_ctl.sh - edgecoordctl against a daemon holding 20,000 ready tasks,
 # where a listing is larger than a pipe holds:
 #  - an edgecoordctl killed in the middle of a listing leaves its LMDB reader
-#    slot; the daemon clears it (STORE-READERS) within its 10 s period.
+#    slot; the daemon clears it (STORE-READERS) within its 10 s period;
+#  - output that cannot be written (/dev/full, a pipe closed by its reader)
+#    fails the command: exit 1 and "writing the output" on stderr, where it
+#    used to exit 0, or die of SIGPIPE inside its read transaction.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/coord_lib.sh"
 e2e_init
@@ -46,3 +49,23 @@ _cleared() {
 }
 wait_until 25 _cleared || fail "the daemon did not clear the killed reader's slot"
 pass "a reader killed in a transaction: the daemon clears its slot (STORE-READERS)"
+
+# ---- output errors --------------------------------------------------------------
+for args in "tasks" "--json tasks" "tasks --state ready" "dead" "--json dead" "agents" \
+	"--json agents" "fsck" "show a-00001" "--json show a-00001"; do
+	st=0
+	# shellcheck disable=SC2086
+	ctl $args >/dev/full 2>"$WORK/err" || st=$?
+	[ "$st" = 1 ] && grep -q 'writing the output' "$WORK/err" ||
+		fail "ctl $args >/dev/full: exit $st, $(cat "$WORK/err")"
+done
+pass "output to a full device: exit 1 with a message"
+for args in "tasks" "--json tasks"; do
+	# true reads nothing: the listing (over 1 MB) fills the pipe, then
+	# writes into a pipe without a reader
+	# shellcheck disable=SC2086
+	{ st=0; ctl $args 2>"$WORK/err" || st=$?; echo "$st" >"$WORK/st"; } | true
+	[ "$(cat "$WORK/st")" = 1 ] && grep -q 'writing the output: Broken pipe' "$WORK/err" ||
+		fail "ctl $args | true: exit $(cat "$WORK/st"), $(cat "$WORK/err")"
+done
+pass "a pipe closed by its reader: exit 1 with a message, not SIGPIPE"
