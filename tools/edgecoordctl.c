@@ -10,7 +10,8 @@
  * With --json every list is a JSON array of objects with at least task_id (or
  * agent) and state, and `show` one object. JSON is written by building CBOR
  * with the ec_cbor_w writer and converting it with codec_cbor_to_json, the same path the
- * daemon's messages take.
+ * daemon's messages take. A list is streamed: each element is converted and
+ * printed on its own, so memory does not grow with the store.
  */
 #include <errno.h>
 #include <poll.h>
@@ -98,6 +99,33 @@ static int print_json(struct ec_cbor_w *w)
 	return 0;
 }
 
+/* Print w (one CBOR item) as the next element of a JSON array streamed on
+ * stdout, opening the array at the first; json_list_end() closes it. Each
+ * element is converted alone (about 1 KB of heap a task when a whole list
+ * was). Consumes w. 0, or STOP_OUTPUT once something failed. */
+static int json_elem(struct ec_cbor_w *w, size_t *n)
+{
+	char *json;
+	size_t len;
+	int rc = ec_cbor_w_finish(w);
+	if (rc == 0)
+		rc = codec_cbor_to_json(w->buf, w->len, &json, &len);
+	ec_cbor_w_fini(w);
+	if (rc < 0) {
+		fail(rc, "rendering JSON");
+		return STOP_OUTPUT;
+	}
+	fputs((*n)++ ? "," : "[", stdout);
+	fwrite(json, 1, len, stdout);
+	free(json);
+	return out_failed() ? STOP_OUTPUT : 0;
+}
+
+static void json_list_end(size_t n)
+{
+	fputs(n ? "]\n" : "[]\n", stdout);
+}
+
 static void fmt_time(int64_t ms, char *buf, size_t len)
 {
 	time_t s = (time_t)(ms / 1000);
@@ -125,8 +153,7 @@ struct list {
 	int state;              /* filter, -1 = any */
 	const char *workflow;   /* filter, NULL = any */
 	bool json, dead;
-	struct ec_cbor_w items;       /* json: the elements, n of them */
-	size_t n;
+	size_t n;               /* json: elements printed */
 };
 
 static int list_one(const struct task_rec *r, void *arg)
@@ -136,7 +163,6 @@ static int list_one(const struct task_rec *r, void *arg)
 		return 0;
 	if (l->workflow && (!r->spec.workflow || strcmp(r->spec.workflow, l->workflow) != 0))
 		return 0;
-	l->n++;
 	if (!l->json) {
 		char ts[48];
 		fmt_time(r->updated_ms, ts, sizeof ts);
@@ -149,22 +175,24 @@ static int list_one(const struct task_rec *r, void *arg)
 			       r->agent[0] ? r->agent : "-", r->spec.type);
 		return out_failed() ? STOP_OUTPUT : 0;
 	}
-	ec_cbor_w_map(&l->items, 7);
-	ec_cbor_w_text(&l->items, "task_id");
-	ec_cbor_w_text(&l->items, r->spec.id);
-	ec_cbor_w_text(&l->items, "state");
-	ec_cbor_w_text(&l->items, task_state_name(r->state));
-	ec_cbor_w_text(&l->items, "type");
-	ec_cbor_w_text(&l->items, r->spec.type);
-	ec_cbor_w_text(&l->items, "workflow");
-	text_or_null(&l->items, r->spec.workflow);
-	ec_cbor_w_text(&l->items, "attempt");
-	ec_cbor_w_uint(&l->items, r->attempt);
-	ec_cbor_w_text(&l->items, "agent");
-	text_or_null(&l->items, r->agent);
-	ec_cbor_w_text(&l->items, "error");
-	text_or_null(&l->items, r->error);
-	return 0;
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_map(&w, 7);
+	ec_cbor_w_text(&w, "task_id");
+	ec_cbor_w_text(&w, r->spec.id);
+	ec_cbor_w_text(&w, "state");
+	ec_cbor_w_text(&w, task_state_name(r->state));
+	ec_cbor_w_text(&w, "type");
+	ec_cbor_w_text(&w, r->spec.type);
+	ec_cbor_w_text(&w, "workflow");
+	text_or_null(&w, r->spec.workflow);
+	ec_cbor_w_text(&w, "attempt");
+	ec_cbor_w_uint(&w, r->attempt);
+	ec_cbor_w_text(&w, "agent");
+	text_or_null(&w, r->agent);
+	ec_cbor_w_text(&w, "error");
+	text_or_null(&w, r->error);
+	return json_elem(&w, &l->n);
 }
 
 static int list_txn(struct store_txn *t, void *arg)
@@ -179,27 +207,18 @@ static int list_txn(struct store_txn *t, void *arg)
 
 static int run_list(struct ctl *c, struct list *l)
 {
-	ec_cbor_w_init(&l->items);
 	if (!c->json && l->dead)
 		printf("%-40s %-24s %3s  %s\n", "TASK", "DIED", "ATT", "REASON");
 	else if (!c->json)
 		printf("%-40s %-10s %3s  %-16s %s\n", "TASK", "STATE", "ATT", "AGENT", "TYPE");
 	int rc = store_read(c->store, list_txn, l);
-	if (rc < 0) {
-		ec_cbor_w_fini(&l->items);
+	if (rc < 0)
 		return fail(rc, "reading the store");
-	}
-	if (!c->json || rc == STOP_OUTPUT) {
-		ec_cbor_w_fini(&l->items);
-		return 0;
-	}
-	struct ec_cbor_w w;
-	ec_cbor_w_init(&w);
-	ec_cbor_w_array(&w, l->n);
-	if (ec_cbor_w_finish(&l->items) == 0 && l->items.len)
-		ec_cbor_w_raw(&w, l->items.buf, l->items.len); /* the n elements, back to back */
-	ec_cbor_w_fini(&l->items);
-	return print_json(&w);
+	if (rc == STOP_OUTPUT)
+		return 1;
+	if (c->json)
+		json_list_end(l->n);
+	return 0;
 }
 
 static int cmd_tasks(struct ctl *c, int argc, char **argv)
@@ -669,8 +688,7 @@ static int cmd_workflow(struct ctl *c, const char *how, int argc, char **argv)
 
 struct agents_ctx {
 	bool json;
-	struct ec_cbor_w items;
-	size_t n;
+	size_t n;               /* json: elements printed */
 };
 
 static int agent_one(const char *agent, const uint8_t *blob, size_t len, void *arg)
@@ -684,7 +702,6 @@ static int agent_one(const char *agent, const uint8_t *blob, size_t len, void *a
 	uint64_t done = r.ok + r.failed;
 	double rate = done ? (double)r.ok / (double)done : 1.0;
 	uint32_t p50 = agentrec_median(r.dur, r.ndur);
-	c->n++;
 	if (!c->json) {
 		char ts[48];
 		fmt_time(r.last_seen_ms, ts, sizeof ts);
@@ -692,35 +709,37 @@ static int agent_one(const char *agent, const uint8_t *blob, size_t len, void *a
 		       (unsigned long long)done, 100.0 * rate, p50, ts, r.caps);
 		return out_failed() ? STOP_OUTPUT : 0;
 	}
-	ec_cbor_w_map(&c->items, 9);
-	ec_cbor_w_text(&c->items, "agent");
-	ec_cbor_w_text(&c->items, agent);
-	ec_cbor_w_text(&c->items, "state");
-	ec_cbor_w_text(&c->items, r.state);
-	ec_cbor_w_text(&c->items, "slots");
-	ec_cbor_w_uint(&c->items, r.slots);
-	ec_cbor_w_text(&c->items, "caps");
+	struct ec_cbor_w w;
+	ec_cbor_w_init(&w);
+	ec_cbor_w_map(&w, 9);
+	ec_cbor_w_text(&w, "agent");
+	ec_cbor_w_text(&w, agent);
+	ec_cbor_w_text(&w, "state");
+	ec_cbor_w_text(&w, r.state);
+	ec_cbor_w_text(&w, "slots");
+	ec_cbor_w_uint(&w, r.slots);
+	ec_cbor_w_text(&w, "caps");
 	size_t ncaps = 0;
 	for (const char *p = r.caps; *p; p++)
 		ncaps += *p == ',';
 	ncaps += r.caps[0] != 0;
-	ec_cbor_w_array(&c->items, ncaps);
+	ec_cbor_w_array(&w, ncaps);
 	for (const char *p = r.caps; *p;) {
 		size_t k = strcspn(p, ",");
-		ec_cbor_w_textn(&c->items, p, k);
+		ec_cbor_w_textn(&w, p, k);
 		p += k + (p[k] == ',');
 	}
-	ec_cbor_w_text(&c->items, "last_seen");
-	ec_cbor_w_int(&c->items, r.last_seen_ms);
-	ec_cbor_w_text(&c->items, "succeeded");
-	ec_cbor_w_uint(&c->items, r.ok);
-	ec_cbor_w_text(&c->items, "failed");
-	ec_cbor_w_uint(&c->items, r.failed);
-	ec_cbor_w_text(&c->items, "success_rate");
-	ec_cbor_w_double(&c->items, rate);
-	ec_cbor_w_text(&c->items, "p50_ms");
-	ec_cbor_w_uint(&c->items, p50);
-	return 0;
+	ec_cbor_w_text(&w, "last_seen");
+	ec_cbor_w_int(&w, r.last_seen_ms);
+	ec_cbor_w_text(&w, "succeeded");
+	ec_cbor_w_uint(&w, r.ok);
+	ec_cbor_w_text(&w, "failed");
+	ec_cbor_w_uint(&w, r.failed);
+	ec_cbor_w_text(&w, "success_rate");
+	ec_cbor_w_double(&w, rate);
+	ec_cbor_w_text(&w, "p50_ms");
+	ec_cbor_w_uint(&w, p50);
+	return json_elem(&w, &c->n);
 }
 
 static int agents_txn(struct store_txn *t, void *arg)
@@ -731,26 +750,17 @@ static int agents_txn(struct store_txn *t, void *arg)
 static int cmd_agents(struct ctl *c)
 {
 	struct agents_ctx a = { .json = c->json };
-	ec_cbor_w_init(&a.items);
 	if (!c->json)
 		printf("%-24s %-9s %5s %8s %7s %7s  %-24s %s\n", "AGENT", "STATE", "SLOTS", "TASKS",
 		       "OK", "P50_MS", "LAST_SEEN", "CAPS");
 	int rc = store_read(c->store, agents_txn, &a);
-	if (rc < 0) {
-		ec_cbor_w_fini(&a.items);
+	if (rc < 0)
 		return fail(rc, "reading the store");
-	}
-	if (!c->json || rc == STOP_OUTPUT) {
-		ec_cbor_w_fini(&a.items);
-		return 0;
-	}
-	struct ec_cbor_w w;
-	ec_cbor_w_init(&w);
-	ec_cbor_w_array(&w, a.n);
-	if (ec_cbor_w_finish(&a.items) == 0 && a.items.len)
-		ec_cbor_w_raw(&w, a.items.buf, a.items.len);
-	ec_cbor_w_fini(&a.items);
-	return print_json(&w);
+	if (rc == STOP_OUTPUT)
+		return 1;
+	if (c->json)
+		json_list_end(a.n);
+	return 0;
 }
 
 /* ---- changes: control topics ------------------------------------------------ */
