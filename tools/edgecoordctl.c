@@ -45,16 +45,17 @@ static void usage(FILE *f)
 	      "                    COMMAND [ARGS]\n"
 	      "queries (read the store in --data-dir, read-only; default ./edgecoord-data):\n"
 	      "  tasks [--state S] [--workflow W]   list tasks\n"
-	      "  show ID                            one task: fields, state, result, history\n"
-	      "  workflow ID                        a workflow's steps as a tree\n"
+	      "  show [--] ID                       one task: fields, state, result, history\n"
+	      "  workflow [--] ID                   a workflow's steps as a tree\n"
 	      "  dot ID | mermaid ID                a workflow's DAG, colored by state\n"
 	      "  dead                               dead letters with their reasons\n"
 	      "  agents                             every agent the coordinator knows, as last published\n"
 	      "  fsck                               check every invariant of the store\n"
 	      "changes (through the control topics at --broker; default tcp://127.0.0.1:1883):\n"
-	      "  cancel ID | cancel --workflow ID\n"
-	      "  retry ID  | retry --workflow ID\n"
-	      "  drain AGENT | undrain AGENT\n"
+	      "  cancel [--] ID | cancel --workflow [--] ID\n"
+	      "  retry [--] ID  | retry --workflow [--] ID\n"
+	      "  drain [--] AGENT | undrain [--] AGENT\n"
+	      "  (-- ends the options: before an id that starts with '-')\n"
 	      "exit status: 0 ok, 1 failure or refusal, 2 bad usage\n",
 	      f);
 }
@@ -68,6 +69,29 @@ static int fail(int rc, const char *what)
 /* A store iterator's callback returns this to stop a listing whose output
  * failed (a full disk, a closed pipe): main() reports it. */
 #define STOP_OUTPUT 1
+
+/* An id from the command line, checked before the store or the broker sees
+ * it: LMDB refuses an empty key or one over 511 bytes (MDB_BAD_VALSIZE, which
+ * read as "store failure"), and a control message over 512 bytes was cut
+ * (the coordinator answered "malformed"). max: TASK_FULLID_MAX for a task,
+ * TASK_ID_MAX for a workflow or an agent. */
+static bool id_ok(const char *what, const char *id, size_t max)
+{
+	size_t n = strlen(id);
+	if (n >= 1 && n <= max)
+		return true;
+	fprintf(stderr, "edgecoordctl: %s id of %zu characters: an id has 1 to %zu\n", what, n,
+		max);
+	return false;
+}
+
+/* The one ID argument of a query: `ID` or `-- ID`. */
+static const char *id_arg(int argc, char **argv)
+{
+	if (argc == 3 && strcmp(argv[1], "--") == 0)
+		return argv[2];
+	return argc == 2 ? argv[1] : NULL;
+}
 
 static int out_errno; /* of the first failed write to stdout */
 
@@ -233,6 +257,8 @@ static int cmd_tasks(struct ctl *c, int argc, char **argv)
 			}
 		} else if (strcmp(argv[i], "--workflow") == 0 && i + 1 < argc) {
 			l.workflow = argv[++i];
+			if (!id_ok("workflow", l.workflow, TASK_ID_MAX))
+				return 2;
 		} else {
 			fprintf(stderr, "edgecoordctl: tasks: unexpected argument '%s'\n", argv[i]);
 			return 2;
@@ -428,15 +454,18 @@ static int show_json(const struct show *s)
 
 static int cmd_show(struct ctl *c, int argc, char **argv)
 {
-	if (argc != 2) {
-		fprintf(stderr, "edgecoordctl: usage: show ID\n");
+	const char *id = id_arg(argc, argv);
+	if (!id) {
+		fprintf(stderr, "edgecoordctl: usage: show [--] ID\n");
 		return 2;
 	}
-	struct show s = { .id = argv[1], .json = c->json };
+	if (!id_ok("task", id, TASK_FULLID_MAX))
+		return 2;
+	struct show s = { .id = id, .json = c->json };
 	int rc = store_read(c->store, show_txn, &s);
 	int ret;
 	if (rc == EC_ENOTFOUND) {
-		fprintf(stderr, "edgecoordctl: no task '%s'\n", argv[1]);
+		fprintf(stderr, "edgecoordctl: no task '%s'\n", id);
 		ret = 1;
 	} else if (rc < 0) {
 		ret = fail(rc, "reading the store");
@@ -659,14 +688,17 @@ static int workflow_json(const struct wf_view *v)
 
 static int cmd_workflow(struct ctl *c, const char *how, int argc, char **argv)
 {
-	if (argc != 2) {
-		fprintf(stderr, "edgecoordctl: usage: %s ID\n", how);
+	const char *id = id_arg(argc, argv);
+	if (!id) {
+		fprintf(stderr, "edgecoordctl: usage: %s [--] ID\n", how);
 		return 2;
 	}
-	struct wf_view v = { .id = argv[1] };
+	if (!id_ok("workflow", id, TASK_ID_MAX))
+		return 2;
+	struct wf_view v = { .id = id };
 	int rc = store_read(c->store, wf_txn, &v), ret = 0;
 	if (rc == EC_ENOTFOUND) {
-		fprintf(stderr, "edgecoordctl: no workflow '%s'\n", argv[1]);
+		fprintf(stderr, "edgecoordctl: no workflow '%s'\n", id);
 		ret = 1;
 	} else if (rc < 0) {
 		ret = fail(rc, "reading the store");
@@ -788,29 +820,52 @@ static struct mqtt_msg *wait_reply(struct mqtt *m, int64_t until, bool *subscrib
 	return NULL;
 }
 
+/* [--workflow] [--] ID: "--" ends the options, so that an id starting with
+ * '-' (legal) can be named. The one argument left is the id; NULL if there
+ * is not exactly one, or an unknown option. */
+static const char *control_id(int argc, char **argv, bool wf_ok, bool *wf)
+{
+	int i = 1;
+	for (; i < argc && argv[i][0] == '-'; i++) {
+		if (strcmp(argv[i], "--") == 0) {
+			i++;
+			break;
+		}
+		if (!wf_ok || *wf || strcmp(argv[i], "--workflow") != 0)
+			return NULL;
+		*wf = true;
+	}
+	return i == argc - 1 ? argv[i] : NULL;
+}
+
 static int ctl_control(const char *broker, const char *prefix, bool json, int argc, char **argv)
 {
-	const char *verb = argv[0], *key = NULL, *id = NULL;
+	const char *verb = argv[0], *key, *id;
+	bool wf = false;
+	size_t max = TASK_ID_MAX;
 	if (strcmp(verb, "cancel") == 0 || strcmp(verb, "retry") == 0) {
-		if (argc == 2 && argv[1][0] != '-') {
-			key = "task_id";
-			id = argv[1];
-		} else if (argc == 3 && strcmp(argv[1], "--workflow") == 0) {
-			key = "workflow";
-			id = argv[2];
+		id = control_id(argc, argv, true, &wf);
+		key = wf ? "workflow" : "task_id";
+		max = wf ? TASK_ID_MAX : TASK_FULLID_MAX;
+		if (!id) {
+			fprintf(stderr, "edgecoordctl: usage: %s [--] ID | %s --workflow [--] ID "
+				"(-- before an id that starts with '-')\n", verb, verb);
+			return 2;
 		}
-	} else if ((strcmp(verb, "drain") == 0 || strcmp(verb, "undrain") == 0) && argc == 2) {
+	} else if (strcmp(verb, "drain") == 0 || strcmp(verb, "undrain") == 0) {
+		id = control_id(argc, argv, false, &wf);
 		key = "agent";
-		id = argv[1];
+		if (!id) {
+			fprintf(stderr, "edgecoordctl: usage: %s [--] AGENT\n", verb);
+			return 2;
+		}
 	} else {
 		fprintf(stderr, "edgecoordctl: unknown command '%s'\n", verb);
 		usage(stderr);
 		return 2;
 	}
-	if (!key) {
-		fprintf(stderr, "edgecoordctl: usage: %s ID | %s --workflow ID\n", verb, verb);
+	if (!id_ok(wf ? "workflow" : strcmp(key, "agent") == 0 ? "agent" : "task", id, max))
 		return 2;
-	}
 
 	char client[64], reply[256], topic[256], corr[32], payload[512];
 	snprintf(client, sizeof client, "edgecoordctl-%d-%lld", (int)getpid(),
@@ -889,6 +944,13 @@ out:
 
 /* ---- main ---------------------------------------------------------------- */
 
+static int no_args(const char *cmd, const char *arg)
+{
+	fprintf(stderr, "edgecoordctl: %s takes no argument ('%s')\n", cmd, arg);
+	usage(stderr);
+	return 2;
+}
+
 static bool is_query(const char *cmd)
 {
 	static const char *const q[] = { "tasks", "show", "workflow", "dot", "mermaid", "dead",
@@ -952,12 +1014,15 @@ static int run(int argc, char **argv)
 		ret = cmd_tasks(&c, argc, argv);
 	else if (strcmp(cmd, "show") == 0)
 		ret = cmd_show(&c, argc, argv);
+	else if (argc > 1 && (strcmp(cmd, "dead") == 0 || strcmp(cmd, "agents") == 0 ||
+			      strcmp(cmd, "fsck") == 0))
+		ret = no_args(cmd, argv[1]);
 	else if (strcmp(cmd, "dead") == 0)
-		ret = argc == 1 ? cmd_dead(&c) : 2;
+		ret = cmd_dead(&c);
 	else if (strcmp(cmd, "agents") == 0)
-		ret = argc == 1 ? cmd_agents(&c) : 2;
+		ret = cmd_agents(&c);
 	else if (strcmp(cmd, "fsck") == 0)
-		ret = argc == 1 ? cmd_fsck(&c) : 2;
+		ret = cmd_fsck(&c);
 	else
 		ret = cmd_workflow(&c, cmd, argc, argv);
 	store_close(c.store);

@@ -8,7 +8,11 @@
 #    fails the command: exit 1 and "writing the output" on stderr, where it
 #    used to exit 0, or die of SIGPIPE inside its read transaction;
 #  - --json lists are streamed: 20,000 tasks list within 8 MB of data
-#    (ulimit -d), where building the whole array took about 1 KB a task.
+#    (ulimit -d), where building the whole array took about 1 KB a task;
+#  - a task id that starts with '-' is cancelled and retried after "--";
+#  - ids are checked before use: empty or too long is bad usage (exit 2),
+#    not "store failure" or a "malformed" answer; stray arguments of dead,
+#    agents and fsck print the usage.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/coord_lib.sh"
 e2e_init
@@ -79,3 +83,43 @@ jcheck 'len(j) == 20001 and j[0]["task_id"] == "a-00001" and j[-1]["task_id"] ==
 	"--json tasks" <"$WORK/all.json"
 [ "$(ctl --json dead)" = "[]" ] || fail "an empty --json list is not []"
 pass "--json tasks streams: 20,000 tasks in 8 MB of data, one valid array"
+
+# ---- ids that start with '-', and "--" ----------------------------------------------
+submit load '{"task_id":"-neg","type":"nobody"}'
+wait_state -neg ready 10
+st=0
+ctl cancel -neg >"$WORK/out" 2>&1 || st=$?
+[ "$st" = 2 ] && grep -q -- "-- before an id" "$WORK/out" || fail "cancel -neg: exit $st, $(cat "$WORK/out")"
+ctl cancel -- -neg >"$WORK/out" 2>&1 || fail "cancel -- -neg: $(cat "$WORK/out")"
+grep -qx 'cancel task_id -neg: ok' "$WORK/out" || fail "cancel -- -neg printed $(cat "$WORK/out")"
+[ "$(ctl --json show -- -neg | jpy 'j["state"]')" = cancelled ] || fail "-neg is not cancelled"
+st=0
+ctl retry -- -neg >"$WORK/out" 2>&1 || st=$?
+[ "$st" = 1 ] && grep -q not_dead "$WORK/out" || fail "retry -- -neg: exit $st, $(cat "$WORK/out")"
+pass "an id that starts with '-': cancel -- ID and retry -- ID reach the coordinator"
+
+# ---- ids checked before use; stray arguments --------------------------------------------
+long=$(printf 'x%.0s' $(seq 300))
+longer=$(printf 'y%.0s' $(seq 600))
+expect_usage() { # expect_usage GREP ARGS...: exit 2 and GREP on stderr
+	local want=$1 st=0
+	shift
+	ctl "$@" >"$WORK/out" 2>"$WORK/err" || st=$?
+	[ "$st" = 2 ] && grep -q -- "$want" "$WORK/err" ||
+		fail "ctl $1 ...: exit $st, $(head -c 300 "$WORK/err")"
+}
+expect_usage "an id has 1 to 201" show ""
+expect_usage "an id has 1 to 201" show "$long"
+expect_usage "an id has 1 to 100" workflow ""
+expect_usage "an id has 1 to 100" dot "$long"
+expect_usage "an id has 1 to 100" tasks --workflow "$long"
+expect_usage "an id has 1 to 201" cancel "$longer"
+expect_usage "an id has 1 to 100" cancel --workflow "$long"
+expect_usage "an id has 1 to 100" drain "$long"
+for cmd in dead agents fsck; do
+	expect_usage "usage:" "$cmd" x
+done
+st=0
+ctl show no-such-task 2>"$WORK/err" || st=$?
+[ "$st" = 1 ] && grep -q "no task 'no-such-task'" "$WORK/err" || fail "show of an unknown task: exit $st"
+pass "empty and over-long ids, stray arguments: exit 2 with a message"
