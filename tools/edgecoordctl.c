@@ -163,6 +163,42 @@ static void fmt_time(int64_t ms, char *buf, size_t len)
 		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
 }
 
+/*
+ * Text from outside (a submitter's description or source, an agent's error,
+ * a history detail, a dead letter's reason, an agent's capabilities) in text
+ * output: control characters as \n, \t, \r or \xHH (C1 ones too, which
+ * UTF-8 spells 0xC2 0x80-0x9F) and the backslash as \\, so that a row stays
+ * one line and no escape sequence reaches the terminal. JSON output is
+ * escaped by its encoder.
+ */
+static void put_text(const char *s)
+{
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '\\')
+			fputs("\\\\", stdout);
+		else if (*p == '\n')
+			fputs("\\n", stdout);
+		else if (*p == '\t')
+			fputs("\\t", stdout);
+		else if (*p == '\r')
+			fputs("\\r", stdout);
+		else if (*p < 0x20 || *p == 0x7f)
+			printf("\\x%02x", *p);
+		else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+			printf("\\xc2\\x%02x", *++p);
+		else
+			putchar(*p);
+	}
+}
+
+/* "label:       text\n" with the text escaped. */
+static void put_field(const char *label, const char *text)
+{
+	fputs(label, stdout);
+	put_text(text);
+	putchar('\n');
+}
+
 static void text_or_null(struct ec_cbor_w *w, const char *s)
 {
 	if (s && *s)
@@ -190,10 +226,11 @@ static int list_one(const struct task_rec *r, void *arg)
 	if (!l->json) {
 		char ts[48];
 		fmt_time(r->updated_ms, ts, sizeof ts);
-		if (l->dead)
-			printf("%-40s %-24s %3u  %s\n", r->spec.id, ts, r->attempt,
-			       r->error ? r->error : "-");
-		else
+		if (l->dead) {
+			printf("%-40s %-24s %3u  ", r->spec.id, ts, r->attempt);
+			put_text(r->error ? r->error : "-");
+			putchar('\n');
+		} else
 			printf("%-40s %-10s %3u  %-16s %s\n", r->spec.id,
 			       task_state_name(r->state), r->attempt,
 			       r->agent[0] ? r->agent : "-", r->spec.type);
@@ -358,11 +395,11 @@ static void show_text(const struct show *s)
 	if (t->workflow)
 		printf("workflow:    %s\n", t->workflow);
 	if (t->description)
-		printf("description: %s\n", t->description);
+		put_field("description: ", t->description);
 	printf("priority:    %u\n", t->priority ? t->priority : 5);
 	printf("attempt:     %u\n", r->attempt);
 	printf("agent:       %s\n", r->agent[0] ? r->agent : "-");
-	printf("source:      %s\n", r->source);
+	put_field("source:      ", r->source);
 	fmt_time(r->created_ms, ts, sizeof ts);
 	printf("created:     %s\n", ts);
 	fmt_time(r->updated_ms, ts, sizeof ts);
@@ -374,7 +411,7 @@ static void show_text(const struct show *s)
 		printf("\n");
 	}
 	if (r->error)
-		printf("error:       %s\n", r->error);
+		put_field("error:       ", r->error);
 	printf("payload:     ");
 	print_cbor_value(t->payload, t->payload_len);
 	if (s->have_res) {
@@ -382,15 +419,16 @@ static void show_text(const struct show *s)
 		if (s->res.ok)
 			print_cbor_value(s->res.result, s->res.result_len);
 		else
-			printf("error: %s\n", s->res.error ? s->res.error : "");
+			put_field("error: ", s->res.error ? s->res.error : "");
 	}
 	printf("history:\n");
 	for (size_t i = 0; i < s->nhist; i++) {
 		const struct history_ev *h = &s->hist[i];
 		fmt_time(h->ts_ms, ts, sizeof ts);
-		printf("  %s  %-10s -> %-10s attempt %u%s%s%s%s\n", ts, task_state_name(h->from),
+		printf("  %s  %-10s -> %-10s attempt %u%s%s%s", ts, task_state_name(h->from),
 		       task_state_name(h->to), h->attempt, h->agent[0] ? "  agent " : "",
-		       h->agent, h->detail[0] ? "  " : "", h->detail);
+		       h->agent, h->detail[0] ? "  " : "");
+		put_field("", h->detail);
 	}
 }
 
@@ -737,8 +775,9 @@ static int agent_one(const char *agent, const uint8_t *blob, size_t len, void *a
 	if (!c->json) {
 		char ts[48];
 		fmt_time(r.last_seen_ms, ts, sizeof ts);
-		printf("%-24s %-9s %5u %8llu %6.1f%% %7u  %-24s %s\n", agent, r.state, r.slots,
-		       (unsigned long long)done, 100.0 * rate, p50, ts, r.caps);
+		printf("%-24s %-9s %5u %8llu %6.1f%% %7u  %-24s ", agent, r.state, r.slots,
+		       (unsigned long long)done, 100.0 * rate, p50, ts);
+		put_field("", r.caps);
 		return out_failed() ? STOP_OUTPUT : 0;
 	}
 	struct ec_cbor_w w;

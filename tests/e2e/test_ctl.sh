@@ -12,7 +12,10 @@
 #  - a task id that starts with '-' is cancelled and retried after "--";
 #  - ids are checked before use: empty or too long is bad usage (exit 2),
 #    not "store failure" or a "malformed" answer; stray arguments of dead,
-#    agents and fsck print the usage.
+#    agents and fsck print the usage;
+#  - text output escapes control characters of untrusted text (a
+#    description, an agent's error in show, history and dead): one row per
+#    item, no escape sequence reaches the terminal; JSON keeps the text.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/coord_lib.sh"
 e2e_init
@@ -123,3 +126,28 @@ st=0
 ctl show no-such-task 2>"$WORK/err" || st=$?
 [ "$st" = 1 ] && grep -q "no task 'no-such-task'" "$WORK/err" || fail "show of an unknown task: exit $st"
 pass "empty and over-long ids, stray arguments: exit 2 with a message"
+
+# ---- control characters in text output --------------------------------------------
+printf '%s\n' "printf 'bad\\nline\\033[31mred\\\\' >&2" 'exit 3' >"$WORK/boom.sh"
+agent_start b1 --slots 1 --exec boom="sh $WORK/boom.sh"
+submit load '{"task_id":"esc-1","type":"boom","description":"one\ntwo\u001b[2Jthree\u009bx",
+  "retry_policy":{"max_attempts":1}}'
+wait_state esc-1 dead 15
+ctl show esc-1 >"$WORK/show.txt"
+ctl dead >"$WORK/dead.txt"
+ctl agents >"$WORK/agents.txt"
+for f in show dead agents; do
+	if LC_ALL=C grep -q $'[\x01-\x09\x0b-\x1f\x7f]' "$WORK/$f.txt"; then
+		fail "a control character in the text output of $f: $(cat -v "$WORK/$f.txt")"
+	fi
+done
+grep -qxF 'description: one\ntwo\x1b[2Jthree\xc2\x9bx' "$WORK/show.txt" ||
+	fail "the description is not escaped: $(cat -v "$WORK/show.txt")"
+grep -qF 'error:       bad\nline\x1b[31mred\\' "$WORK/show.txt" ||
+	fail "the error is not escaped: $(cat -v "$WORK/show.txt")"
+grep -qF '  bad\nline\x1b[31mred' "$WORK/show.txt" || fail "a history detail is not escaped"
+[ "$(wc -l <"$WORK/dead.txt")" = 2 ] && grep -qF 'bad\nline\x1b[31mred\\' "$WORK/dead.txt" ||
+	fail "dead: not one escaped row: $(cat -v "$WORK/dead.txt")"
+ctl --json show esc-1 |
+	jcheck 'j["error"] == "bad\nline\x1b[31mred\\"' "JSON keeps the error as it is"
+pass "text output escapes control characters; JSON keeps the text"
