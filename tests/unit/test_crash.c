@@ -212,7 +212,8 @@ static int transition_random(struct store_txn *t, struct child *c)
 		tr.to = TS_READY;
 		break;
 	case TS_DEAD:
-		return store_retry(t, id, c->seq);
+		rc = store_retry(t, id, c->seq);
+		return rc == EC_ENOT_DEAD ? 0 : rc; /* its workflow was cancelled */
 	default:
 		return 0; /* waiting or final: nothing to do */
 	}

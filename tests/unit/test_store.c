@@ -278,7 +278,7 @@ static uint32_t attempt_of(struct store *s, const char *id, uint64_t *lease)
 static void test_leases_attempts(void **state)
 {
 	struct fx *f = *state;
-	uint64_t l1, l2, l3, cur;
+	uint64_t l1 = 0, l2 = 0, l3 = 0, cur = 0;
 	add_task(f->s, "a", NULL);
 	assert_int_equal(attempt_of(f->s, "a", NULL), 0);
 	assert_int_equal(tu_move(f->s, "a", TS_DISPATCHED, 0, &l1), 0);
