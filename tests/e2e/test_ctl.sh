@@ -80,8 +80,14 @@ done
 pass "a pipe closed by its reader: exit 1 with a message, not SIGPIPE"
 
 # ---- --json lists are streamed ----------------------------------------------------
-(ulimit -d 8192 && ctl --json tasks >"$WORK/all.json") ||
-	fail "--json tasks of 20,000 tasks does not fit in 8 MB of data"
+# (An ASan build reserves far more than that for its shadow memory: there the
+# listing is only checked for what it prints.)
+if ldd "$EC_BIN/edgecoordctl" | grep -q libasan; then
+	ctl --json tasks >"$WORK/all.json" || fail "--json tasks failed"
+else
+	(ulimit -d 8192 && ctl --json tasks >"$WORK/all.json") ||
+		fail "--json tasks of 20,000 tasks does not fit in 8 MB of data"
+fi
 jcheck 'len(j) == 20001 and j[0]["task_id"] == "a-00001" and j[-1]["task_id"] == "turn"' \
 	"--json tasks" <"$WORK/all.json"
 [ "$(ctl --json dead)" = "[]" ] || fail "an empty --json list is not []"
