@@ -32,7 +32,13 @@
 #include "log.h"
 #include "store.h"
 
-/* Tables. One DBI each, opened together at store_open. */
+/* Tables. One DBI each, opened together at store_open; from schema 4 the
+ * state index, the timers and the pending counts live in meta's B-tree
+ * instead, their keys behind a byte of their own (vpre): a commit then
+ * writes one leaf for the four small tables every turn touches, where it
+ * wrote six pages (W2), two of them roots left empty as a turn took their
+ * last entries out before putting new ones in. Their own tables stay, empty,
+ * for older stores read as they are. */
 enum {
 	DB_META,     /* "schema" -> u32 LE; "ctr" -> counters (struct meta) */
 	DB_TASKS,    /* full id -> task record */
@@ -53,6 +59,9 @@ static const char *const db_names[DB__COUNT] = {
 	"meta", "tasks", "rdeps", "state", "ready", "timers", "results",
 	"history", "dead", "outbox", "workflows", "pending", "agents",
 };
+/* meta's own keys are "schema" and "ctr": no byte of these starts them */
+static const uint8_t vpre[DB__COUNT] = { [DB_STATE] = 1, [DB_TIMERS] = 2, [DB_PENDING] = 3 };
+#define KEY_MAX 511             /* LMDB's default */
 
 #define REC_VERSION 1
 /* A task record of version 2 carries its own history (trec.hist); version 1
@@ -128,25 +137,74 @@ static MDB_val mv(const void *p, size_t n)
 	return v;
 }
 
+static bool in_meta(const struct store *s, int db)
+{
+	return vpre[db] && s->schema >= 4;
+}
+
+/* The B-tree and the key of key k of table db: in meta's tree, behind its
+ * table's byte (copied into buf) when in_meta(). 0 length for a key too
+ * long, which LMDB refuses anyway. */
+static MDB_dbi where(const struct store *s, int db, const void *k, size_t kn, uint8_t *buf,
+		     MDB_val *key)
+{
+	if (!in_meta(s, db)) {
+		*key = mv(k, kn);
+		return s->dbi[db];
+	}
+	buf[0] = vpre[db];
+	if (kn && kn < KEY_MAX)
+		memcpy(buf + 1, k, kn);
+	*key = mv(buf, kn < KEY_MAX ? kn + 1 : 0);
+	return s->dbi[DB_META];
+}
+
 static int db_get(struct store_txn *t, int db, const void *k, size_t kn, MDB_val *out)
 {
-	MDB_val key = mv(k, kn);
-	return xl(t, mdb_get(t->txn, t->s->dbi[db], &key, out));
+	uint8_t b[KEY_MAX];
+	MDB_val key;
+	MDB_dbi d = where(t->s, db, k, kn, b, &key);
+	return xl(t, mdb_get(t->txn, d, &key, out));
 }
 
 static int db_put(struct store_txn *t, int db, const void *k, size_t kn, const void *v,
 		  size_t vn, unsigned flags)
 {
-	MDB_val key = mv(k, kn), val = mv(v, vn);
-	return xl(t, mdb_put(t->txn, t->s->dbi[db], &key, &val, flags));
+	uint8_t b[KEY_MAX];
+	MDB_val key, val = mv(v, vn);
+	MDB_dbi d = where(t->s, db, k, kn, b, &key);
+	return xl(t, mdb_put(t->txn, d, &key, &val, flags));
 }
 
 /* Deleting what is not there is not an error for any caller here. */
 static int db_del(struct store_txn *t, int db, const void *k, size_t kn)
 {
-	MDB_val key = mv(k, kn);
-	int rc = mdb_del(t->txn, t->s->dbi[db], &key, NULL);
+	uint8_t b[KEY_MAX];
+	MDB_val key;
+	MDB_dbi d = where(t->s, db, k, kn, b, &key);
+	int rc = mdb_del(t->txn, d, &key, NULL);
 	return rc == MDB_NOTFOUND ? 0 : xl(t, rc);
+}
+
+/* The first key of table db (its table's byte taken off), or EC_ENOTFOUND;
+ * valid until the transaction writes. */
+static int db_first(struct store_txn *t, int db, MDB_val *k)
+{
+	uint8_t b[KEY_MAX];
+	MDB_val v;
+	MDB_cursor *c;
+	MDB_dbi d = where(t->s, db, "", 0, b, k);
+	int rc = xl(t, mdb_cursor_open(t->txn, d, &c));
+	if (rc < 0)
+		return rc;
+	rc = xl(t, mdb_cursor_get(c, k, &v, k->mv_size ? MDB_SET_RANGE : MDB_FIRST));
+	if (rc == 0 && in_meta(t->s, db)) {
+		if (((const uint8_t *)k->mv_data)[0] != vpre[db])
+			rc = EC_ENOTFOUND;
+		*k = mv((const uint8_t *)k->mv_data + 1, k->mv_size - 1);
+	}
+	mdb_cursor_close(c);
+	return rc;
 }
 
 static void be64(uint8_t *p, uint64_t v)
@@ -924,13 +982,44 @@ static int rebuild_state_index(struct store *s, MDB_txn *txn, size_t *kept)
 	return rc == MDB_NOTFOUND ? 0 : EC_ESTORE;
 }
 
+/* Schema 3 -> 4: the rows of table db move into meta's tree, behind the
+ * table's byte; its own table stays, empty. */
+static int move_into_meta(struct store *s, MDB_txn *txn, int db, size_t *moved)
+{
+	MDB_cursor *c;
+	MDB_val k, v;
+	uint8_t key[KEY_MAX];
+	int rc = mdb_cursor_open(txn, s->dbi[db], &c);
+	if (rc)
+		return EC_ESTORE;
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		if (k.mv_size + 1 > KEY_MAX) {
+			rc = EC_ESTORE;
+			break;
+		}
+		key[0] = vpre[db];
+		memcpy(key + 1, k.mv_data, k.mv_size);
+		MDB_val mk = mv(key, k.mv_size + 1);
+		if ((rc = mdb_put(txn, s->dbi[DB_META], &mk, &v, 0)) != 0)
+			break;
+		(*moved)++;
+	}
+	mdb_cursor_close(c);
+	if (rc != MDB_NOTFOUND)
+		return EC_ESTORE;
+	return mdb_drop(txn, s->dbi[db], 0) ? EC_ESTORE : 0;
+}
+
 /* Older schemas are read as they are (read-only) or upgraded in the open
  * transaction:
  * - 1 kept every history event in the history table; from 2 on a task
  *   record carries its own. Nothing is rewritten: a schema-1 record keeps
  *   its rows until the task is pruned, and its new events go into the record.
  * - up to 2 the state index held every task; from 3 only those at an agent.
- *   A reader finds the other states by a scan either way. */
+ *   A reader finds the other states by a scan either way.
+ * - up to 3 the state index, the timers and the pending counts had tables of
+ *   their own; from 4 they live in meta's tree (in_meta). */
 static int check_schema(struct store *s, MDB_txn *txn, bool create)
 {
 	MDB_val k = mv("schema", 6), v;
@@ -955,11 +1044,17 @@ static int check_schema(struct store *s, MDB_txn *txn, bool create)
 		s->schema = ver;
 		return 0;
 	}
-	size_t kept;
-	if (rebuild_state_index(s, txn, &kept) < 0)
+	size_t kept = 0, moved = 0;
+	if (ver < 3 && rebuild_state_index(s, txn, &kept) < 0)
 		return EC_ESTORE;
-	log_info("STORE-SCHEMA upgraded from %u to %u (state index: %zu task(s) at agents)", ver,
-		 STORE_SCHEMA_VERSION, kept);
+	if (ver < 3)
+		log_info("STORE-SCHEMA state index: %zu task(s) at agents", kept);
+	if (move_into_meta(s, txn, DB_STATE, &moved) < 0 ||
+	    move_into_meta(s, txn, DB_TIMERS, &moved) < 0 ||
+	    move_into_meta(s, txn, DB_PENDING, &moved) < 0)
+		return EC_ESTORE;
+	log_info("STORE-SCHEMA upgraded from %u to %u (%zu row(s) of state, timers and pending "
+		 "moved into meta)", ver, STORE_SCHEMA_VERSION, moved);
 	return mdb_put(txn, s->dbi[DB_META], &k, &nv, 0) ? EC_ESTORE : 0;
 }
 
@@ -2860,13 +2955,21 @@ static int scan_prefix(struct store_txn *t, int db, const void *prefix, size_t p
 		       void *arg)
 {
 	MDB_cursor *c;
-	MDB_val k = mv(prefix, pl), v;
-	int rc = xl(t, mdb_cursor_open(t->txn, t->s->dbi[db], &c));
+	MDB_val k, v;
+	uint8_t b[KEY_MAX];
+	size_t skip = in_meta(t->s, db); /* its table's byte */
+	MDB_dbi d = where(t->s, db, prefix, pl, b, &k);
+	if (skip && !k.mv_size)
+		return 0; /* a prefix longer than a key: nothing has it */
+	prefix = k.mv_data;
+	pl = k.mv_size;
+	int rc = xl(t, mdb_cursor_open(t->txn, d, &c));
 	if (rc < 0)
 		return rc;
 	int mrc = pl ? mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) : mdb_cursor_get(c, &k, &v, MDB_FIRST);
 	while (mrc == 0 && rc == 0 && k.mv_size >= pl && (pl == 0 || memcmp(k.mv_data, prefix, pl) == 0)) {
-		rc = fn(t, &k, &v, arg);
+		MDB_val key = mv((const uint8_t *)k.mv_data + skip, k.mv_size - skip);
+		rc = fn(t, &key, &v, arg);
 		if (rc == 0)
 			mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
 	}
@@ -3069,41 +3172,34 @@ int store_pending_count(struct store_txn *t, const char *source, uint64_t *out)
 
 int store_timer_next(struct store_txn *t, int64_t *due_ms)
 {
-	MDB_cursor *c;
-	MDB_val k, v;
-	int rc = xl(t, mdb_cursor_open(t->txn, t->s->dbi[DB_TIMERS], &c));
-	if (rc < 0)
-		return rc;
-	rc = xl(t, mdb_cursor_get(c, &k, &v, MDB_FIRST));
+	MDB_val k;
+	int rc = db_first(t, DB_TIMERS, &k);
 	if (rc == 0 && k.mv_size < 10)
 		rc = EC_ESTORE;
 	if (rc == 0)
 		*due_ms = (int64_t)(rd_be64(k.mv_data) ^ (1ull << 63));
-	mdb_cursor_close(c);
 	return rc;
 }
 
 int store_timers_due(struct store_txn *t, int64_t now_ms, store_timer_fn fn, void *arg)
 {
 	MDB_stat st;
-	int rc = xl(t, mdb_stat(t->txn, t->s->dbi[DB_TIMERS], &st));
+	int rc = xl(t, mdb_stat(t->txn, t->s->dbi[in_meta(t->s, DB_TIMERS) ? DB_META : DB_TIMERS],
+				&st));
 	if (rc < 0)
 		return rc;
-	/* At most the timers present now: a callback that arms a timer already
-	 * due does not make this loop run forever. */
+	/* At most the timers present now (or the rows of meta's tree, which
+	 * holds them): a callback that arms a timer already due does not make
+	 * this loop run forever. */
 	for (size_t left = st.ms_entries; left > 0; left--) {
-		MDB_cursor *c;
-		MDB_val k, v;
+		MDB_val k;
 		uint8_t key[9 + TASK_FULLID_MAX];
-		if ((rc = xl(t, mdb_cursor_open(t->txn, t->s->dbi[DB_TIMERS], &c))) < 0)
-			return rc;
-		rc = xl(t, mdb_cursor_get(c, &k, &v, MDB_FIRST));
+		rc = db_first(t, DB_TIMERS, &k);
 		if (rc == 0 && (k.mv_size < 10 || k.mv_size > sizeof key))
 			rc = EC_ESTORE;
 		size_t kl = rc == 0 ? k.mv_size : 0;
 		if (rc == 0)
 			memcpy(key, k.mv_data, kl);
-		mdb_cursor_close(c);
 		if (rc == EC_ENOTFOUND)
 			return 0;
 		if (rc < 0)
@@ -3533,9 +3629,19 @@ static int check_wf_cb(struct store_txn *t, const MDB_val *kv, const MDB_val *vv
 	return rc;
 }
 
+static int count_cb(struct store_txn *t, const MDB_val *k, const MDB_val *v, void *arg)
+{
+	(*(uint64_t *)arg)++;
+	return 0;
+}
+
 static int count_entries(struct store_txn *t, int db, uint64_t *n)
 {
 	MDB_stat st;
+	if (in_meta(t->s, db)) {
+		*n = 0;
+		return scan_prefix(t, db, NULL, 0, count_cb, n);
+	}
 	int rc = xl(t, mdb_stat(t->txn, t->s->dbi[db], &st));
 	if (rc == 0)
 		*n = st.ms_entries;

@@ -42,7 +42,7 @@
 
 #include "task.h"
 
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
 #define STORE_SOURCE_MAX 128   /* SOURCE names (MQTT topic level) */
 #define STORE_HISTORY_MAX 32   /* events kept per task (oldest dropped) */
 
