@@ -9,7 +9,8 @@
 #   W1       W1_TASKS (20000) independent echo tasks on 2 agents x 4 slots,
 #            in arrays of W1_BATCH (100); then W1_SINGLES (5000) one per message
 #   latency  single tasks at half of the single-message peak, LAT_SECS (5) s
-#   W2       W2_FLOWS (1000) workflows, each a chain of 5 echo steps
+#   W2       W2_FLOWS (1000) workflows, each a chain of 5 echo steps, W2_RUNS
+#            (5) times: the median is reported
 #   W3       SIGKILL an agent 1 s into a 5 s task (heartbeat 1000 ms x 3):
 #            time from the kill until the task runs elsewhere
 # STATUS_EVENTS sets the coordinator's mqtt.status_events (which task states
@@ -102,8 +103,14 @@ half=$((single / 2))
 run latency tasks $((half * LAT_SECS)) 1 "$half"
 p50=$(val p50_ms "$LAST")
 p99=$(val p99_ms "$LAST")
-run W2 chains "$W2_FLOWS" 5
-w2=$(val rate "$LAST")
+# W2 lasts about half a second, so one run is noisy: W2_RUNS (5) runs, the
+# median reported.
+w2s=()
+for _ in $(seq "${W2_RUNS:-5}"); do
+	run W2 chains "$W2_FLOWS" 5
+	w2s+=("$(val rate "$LAST")")
+done
+w2=$(printf '%s\n' "${w2s[@]}" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
 
 # W3: a 5 s task on x1 or x2; SIGKILL its agent after 1 s. Timed by the
 # "running" statuses, which status_events=final does not publish.
@@ -133,7 +140,7 @@ echo "== targets (reported, not asserted)"
 printf '  %-44s %8s  %s\n' "mosquitto loopback ceiling (msg/s)" "$ceiling" "-"
 printf '  %-44s %8s  %s\n' "W1 tasks/s (arrays of $W1_BATCH) >= 10000" "$w1" "$(met "$w1 >= 10000")"
 printf '  %-44s %8s  %s\n' "W1 tasks/s, one task per message" "$single" "-"
-printf '  %-44s %8s  %s\n' "W2 workflows/s (chains of 5) >= 2000" "$w2" "$(met "$w2 >= 2000")"
+printf '  %-44s %8s  %s\n' "W2 workflows/s (chains of 5, median) >= 2000" "$w2" "$(met "$w2 >= 2000")"
 printf '  %-44s %8s  %s\n' "p50 submit->result at $half/s <= 2 ms" "$p50" "$(met "$p50 <= 2")"
 printf '  %-44s %8s  %s\n' "p99 submit->result at $half/s <= 10 ms" "$p99" "$(met "$p99 <= 10")"
 printf '  %-44s %8s  %s\n' "W3 kill -> running elsewhere (ms) <= 3500" "$w3_ms" "$([ "$w3_ms" = - ] && echo "not run" || met "$w3_ms <= 3500")"
