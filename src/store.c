@@ -3380,6 +3380,7 @@ struct check {
 	size_t why_len;
 	uint64_t counts[TS__COUNT];
 	uint64_t edges, timers, ready, dead, results, history;
+	uint64_t lease, seq;    /* the largest stored: the counters are ahead */
 	struct { char name[STORE_SOURCE_MAX + 1]; uint64_t n; } *src;
 	size_t nsrc, capsrc;
 	uint32_t *slot;         /* open addressing: 1 + index into src, 0 = free */
@@ -3478,6 +3479,12 @@ static int check_task(struct store_txn *t, const MDB_val *kv, const MDB_val *vv,
 		goto out;
 	}
 	k->counts[st]++;
+	if (r->lease > k->lease)
+		k->lease = r->lease;
+	if (st == TS_READY && x.ready_seq > k->seq)
+		k->seq = x.ready_seq;
+	if (st == TS_DEAD && x.dead_seq > k->seq)
+		k->seq = x.dead_seq;
 	/* up to schema 2 (a read-only open has not upgraded) every task is */
 	if ((t->s->schema < 3 || state_indexed(st)) &&
 	    !has_key(t, DB_STATE, key, state_key(key, st, id), NULL)) {
@@ -3685,6 +3692,14 @@ int store_check(struct store_txn *t, char *why, size_t why_len)
 			goto out;
 		}
 		all += k.counts[i];
+	}
+	/* A counter behind what is stored would hand out a lease again (a
+	 * stale result taken for a new one) or a ready or dead key again (a
+	 * row overwritten). */
+	if (m->lease < k.lease || m->seq < k.seq) {
+		rc = bad(&k, "%s counter behind a stored one%s", m->lease < k.lease ? "lease" : "sequence",
+			 "");
+		goto out;
 	}
 	/* Each table's entries, against what the task records account for. */
 	const struct { int db; uint64_t want; const char *what; } tables[] = {

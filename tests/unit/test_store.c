@@ -557,6 +557,49 @@ static int check_why(struct store *s, char *why, size_t len)
 	return rc ? rc : a.rc;
 }
 
+/* meta["ctr"] with its word w (0 lease, 1 seq) set to v, written raw. */
+static void raw_counter(const char *dir, int w, uint64_t v)
+{
+	MDB_txn *txn;
+	MDB_dbi meta;
+	MDB_val k = { 3, (void *)"ctr" }, val;
+	uint8_t b[256];
+	MDB_env *env = raw_open(dir, &txn);
+	assert_int_equal(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+	assert_int_equal(mdb_get(txn, meta, &k, &val), 0);
+	assert_true(val.mv_size <= sizeof b);
+	memcpy(b, val.mv_data, val.mv_size);
+	for (int i = 0; i < 8; i++)
+		b[8 * w + i] = (uint8_t)(v >> (8 * i));
+	val.mv_data = b;
+	assert_int_equal(mdb_put(txn, meta, &k, &val, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+}
+
+/* fsck finds a counter behind what is stored: the next lease, ready or dead
+ * key would be handed out again. */
+static void test_check_counters(void **state)
+{
+	struct fx *f = *state;
+	char why[256];
+	add_task(f->s, "a", NULL);
+	add_task(f->s, "b", NULL);
+	assert_int_equal(tu_move(f->s, "a", TS_DISPATCHED, 0, NULL), 0);
+	assert_int_equal(tu_check(f->s), 0);
+	store_close(f->s);
+	raw_counter(f->dir, 0, 1);
+	f->s = open_at(f->dir, 8 << 20, 256 << 20, true);
+	assert_int_equal(check_why(f->s, why, sizeof why), EC_ESTORE);
+	assert_string_equal(why, "lease counter behind a stored one");
+	store_close(f->s);
+	raw_counter(f->dir, 0, 1ull << 40);
+	raw_counter(f->dir, 1, 0);
+	f->s = open_at(f->dir, 8 << 20, 256 << 20, true);
+	assert_int_equal(check_why(f->s, why, sizeof why), EC_ESTORE);
+	assert_string_equal(why, "sequence counter behind a stored one");
+}
+
 /* fsck names the key of a task record it cannot decode (it used to pass
  * bad() arguments that did not match its format). */
 static void test_check_undecodable(void **state)
@@ -2431,6 +2474,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_upgrade_state_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_to_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_check_undecodable, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_check_counters, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_check_many_sources, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_steps_long_id, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unmap, setup, teardown),
