@@ -106,15 +106,22 @@ static bool out_failed(void)
 	return true;
 }
 
+/* w (one CBOR item) as JSON text (new). Consumes w. */
+static int to_json(struct ec_cbor_w *w, char **json, size_t *len)
+{
+	int rc = ec_cbor_w_finish(w);
+	if (rc == 0)
+		rc = codec_cbor_to_json(w->buf, w->len, json, len);
+	ec_cbor_w_fini(w);
+	return rc;
+}
+
 /* Render w (one CBOR item) as JSON on stdout. Consumes w. */
 static int print_json(struct ec_cbor_w *w)
 {
 	char *json;
 	size_t len;
-	int rc = ec_cbor_w_finish(w);
-	if (rc == 0)
-		rc = codec_cbor_to_json(w->buf, w->len, &json, &len);
-	ec_cbor_w_fini(w);
+	int rc = to_json(w, &json, &len);
 	if (rc < 0)
 		return fail(rc, "rendering JSON");
 	printf("%s\n", json);
@@ -131,10 +138,7 @@ static int json_elem(struct ec_cbor_w *w, size_t *n)
 {
 	char *json;
 	size_t len;
-	int rc = ec_cbor_w_finish(w);
-	if (rc == 0)
-		rc = codec_cbor_to_json(w->buf, w->len, &json, &len);
-	ec_cbor_w_fini(w);
+	int rc = to_json(w, &json, &len);
 	if (rc < 0) {
 		fail(rc, "rendering JSON");
 		return STOP_OUTPUT;
