@@ -71,7 +71,7 @@ int codec_json_to_cbor(const char *json, size_t len, uint32_t max_depth,
 int codec_cbor_to_json(const uint8_t *cbor, size_t len, char **out, size_t *out_len);
 
 /*
- * A writer of the messages edgecoord builds itself (msg.c), in either
+ * A writer of the messages edgecoord builds itself (msg.c, fleet health), in either
  * encoding: CBOR through ec_cbor_w, JSON written directly, the same text
  * codec_cbor_to_json() makes of the CBOR (converting went through libcbor's
  * decoder and a tree: a quarter of the coordinator's own instructions in
@@ -98,6 +98,7 @@ void codec_w_array(struct codec_w *w, uint32_t n);
 void codec_w_text(struct codec_w *w, const char *s);   /* NULL writes null */
 void codec_w_uint(struct codec_w *w, uint64_t v);
 void codec_w_int(struct codec_w *w, int64_t v);
+void codec_w_double(struct codec_w *w, double v);   /* JSON: non-finite is null */
 void codec_w_bool(struct codec_w *w, bool v);
 void codec_w_null(struct codec_w *w);
 /* One encoded CBOR item (NULL/0: null), as it is or as JSON. */

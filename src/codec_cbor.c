@@ -966,6 +966,17 @@ void codec_w_int(struct codec_w *w, int64_t v)
 	jw_end(w);
 }
 
+void codec_w_double(struct codec_w *w, double v)
+{
+	if (w->enc == ENC_CBOR) {
+		ec_cbor_w_double(&w->w, v);
+		return;
+	}
+	jw_begin(w);
+	json_double(&w->w, v);
+	jw_end(w);
+}
+
 void codec_w_bool(struct codec_w *w, bool v)
 {
 	if (w->enc == ENC_CBOR) {

@@ -961,9 +961,9 @@ static int agent_row(struct fleet *f, struct store_txn *t, const struct agent *a
 {
 	struct sched_agent_view v = { 0 };
 	char topic[MSG_TOPIC_MAX];
-	char *json;
+	uint8_t *json;
 	size_t len;
-	struct ec_cbor_w w;
+	struct codec_w w;
 	int rc;
 
 	if (a->known_to_sched)
@@ -971,43 +971,39 @@ static int agent_row(struct fleet *f, struct store_txn *t, const struct agent *a
 	else /* not connected since this start: its lifetime figures */
 		v.success_rate = a->ok + a->failed ? (double)a->ok / (double)(a->ok + a->failed)
 						   : 1.0;
-	ec_cbor_w_init(&w);
-	ec_cbor_w_map(&w, 10);
-	ec_cbor_w_text(&w, "agent");
-	ec_cbor_w_text(&w, a->id);
-	ec_cbor_w_text(&w, "state");
-	ec_cbor_w_text(&w, agent_state_name(a));
-	ec_cbor_w_text(&w, "caps");
-	ec_cbor_w_array(&w, a->ncaps);
+	codec_w_init(&w, ENC_JSON);
+	codec_w_map(&w, 10);
+	codec_w_text(&w, "agent");
+	codec_w_text(&w, a->id);
+	codec_w_text(&w, "state");
+	codec_w_text(&w, agent_state_name(a));
+	codec_w_text(&w, "caps");
+	codec_w_array(&w, a->ncaps);
 	for (size_t i = 0; i < a->ncaps; i++)
-		ec_cbor_w_text(&w, a->caps[i]);
-	ec_cbor_w_text(&w, "labels");
-	ec_cbor_w_map(&w, a->nlabels);
+		codec_w_text(&w, a->caps[i]);
+	codec_w_text(&w, "labels");
+	codec_w_map(&w, a->nlabels);
 	for (size_t i = 0; i < a->nlabels; i++) {
-		ec_cbor_w_text(&w, a->labels[i].key);
-		ec_cbor_w_text(&w, a->labels[i].value);
+		codec_w_text(&w, a->labels[i].key);
+		codec_w_text(&w, a->labels[i].value);
 	}
-	ec_cbor_w_text(&w, "slots");
-	ec_cbor_w_uint(&w, a->slots);
-	ec_cbor_w_text(&w, "running");
-	ec_cbor_w_uint(&w, v.running);
-	ec_cbor_w_text(&w, "last_seen");
-	ec_cbor_w_int(&w, a->last_seen_ms);
-	ec_cbor_w_text(&w, "success_rate");
-	ec_cbor_w_double(&w, v.success_rate);
-	ec_cbor_w_text(&w, "p50_ms");
-	ec_cbor_w_uint(&w, agent_p50(a));
-	ec_cbor_w_text(&w, "breakers_open");
-	ec_cbor_w_uint(&w, v.breakers_open);
-	rc = ec_cbor_w_finish(&w);
-	if (rc == 0)
-		rc = codec_cbor_to_json(w.buf, w.len, &json, &len);
-	ec_cbor_w_fini(&w);
-	if (rc < 0)
+	codec_w_text(&w, "slots");
+	codec_w_uint(&w, a->slots);
+	codec_w_text(&w, "running");
+	codec_w_uint(&w, v.running);
+	codec_w_text(&w, "last_seen");
+	codec_w_int(&w, a->last_seen_ms);
+	codec_w_text(&w, "success_rate");
+	codec_w_double(&w, v.success_rate);
+	codec_w_text(&w, "p50_ms");
+	codec_w_uint(&w, agent_p50(a));
+	codec_w_text(&w, "breakers_open");
+	codec_w_uint(&w, v.breakers_open);
+	if ((rc = codec_w_take(&w, &json, &len)) < 0)
 		return rc;
 	rc = msg_topic(topic, sizeof topic, f->o.prefix, "fleet/agents", a->id, NULL);
 	if (rc == 0)
-		rc = store_outbox_put(t, topic, (uint8_t *)json, len, OUTBOX_RETAIN, NULL);
+		rc = store_outbox_put(t, topic, json, len, OUTBOX_RETAIN, NULL);
 	free(json);
 	if (rc == 0) {
 		uint8_t fig[AGENTREC_MAX];
@@ -1026,51 +1022,47 @@ static int summary_row(struct fleet *f, struct store_txn *t)
 	uint64_t ended = f->deadline_ended + f->turn_deadline_ended;
 	uint64_t met = f->deadline_met + f->turn_deadline_met;
 	char topic[MSG_TOPIC_MAX];
-	char *json;
+	uint8_t *json;
 	size_t len;
-	struct ec_cbor_w w;
+	struct codec_w w;
 	int rc;
 
 	for (size_t i = 0; i < f->agents.n; i++) {
 		const struct agent *a = &f->agents.v[i];
 		n[a->state == A_OFFLINE ? 2 : a->draining ? 3 : a->state == A_SUSPECT ? 1 : 0]++;
 	}
-	ec_cbor_w_init(&w);
-	ec_cbor_w_map(&w, 8);
-	ec_cbor_w_text(&w, "online");
-	ec_cbor_w_uint(&w, n[0]);
-	ec_cbor_w_text(&w, "suspect");
-	ec_cbor_w_uint(&w, n[1]);
-	ec_cbor_w_text(&w, "offline");
-	ec_cbor_w_uint(&w, n[2]);
-	ec_cbor_w_text(&w, "draining");
-	ec_cbor_w_uint(&w, n[3]);
-	ec_cbor_w_text(&w, "agents");
-	ec_cbor_w_array(&w, f->agents.n);
+	codec_w_init(&w, ENC_JSON);
+	codec_w_map(&w, 8);
+	codec_w_text(&w, "online");
+	codec_w_uint(&w, n[0]);
+	codec_w_text(&w, "suspect");
+	codec_w_uint(&w, n[1]);
+	codec_w_text(&w, "offline");
+	codec_w_uint(&w, n[2]);
+	codec_w_text(&w, "draining");
+	codec_w_uint(&w, n[3]);
+	codec_w_text(&w, "agents");
+	codec_w_array(&w, f->agents.n);
 	for (size_t i = 0; i < f->agents.n; i++) {
-		ec_cbor_w_map(&w, 2);
-		ec_cbor_w_text(&w, "agent");
-		ec_cbor_w_text(&w, f->agents.v[i].id);
-		ec_cbor_w_text(&w, "state");
-		ec_cbor_w_text(&w, agent_state_name(&f->agents.v[i]));
+		codec_w_map(&w, 2);
+		codec_w_text(&w, "agent");
+		codec_w_text(&w, f->agents.v[i].id);
+		codec_w_text(&w, "state");
+		codec_w_text(&w, agent_state_name(&f->agents.v[i]));
 	}
-	ec_cbor_w_text(&w, "load_cv");
-	ec_cbor_w_double(&w, sched_load_cv(f->sc));
-	ec_cbor_w_text(&w, "deadline_success_rate"); /* null until a deadline task ends */
+	codec_w_text(&w, "load_cv");
+	codec_w_double(&w, sched_load_cv(f->sc));
+	codec_w_text(&w, "deadline_success_rate"); /* null until a deadline task ends */
 	if (ended)
-		ec_cbor_w_double(&w, (double)met / (double)ended);
+		codec_w_double(&w, (double)met / (double)ended);
 	else
-		ec_cbor_w_null(&w);
-	ec_cbor_w_text(&w, "ts");
-	ec_cbor_w_int(&w, f->now_real);
-	rc = ec_cbor_w_finish(&w);
-	if (rc == 0)
-		rc = codec_cbor_to_json(w.buf, w.len, &json, &len);
-	ec_cbor_w_fini(&w);
-	if (rc < 0)
+		codec_w_null(&w);
+	codec_w_text(&w, "ts");
+	codec_w_int(&w, f->now_real);
+	if ((rc = codec_w_take(&w, &json, &len)) < 0)
 		return rc;
 	snprintf(topic, sizeof topic, "%s/fleet/health", f->o.prefix);
-	rc = store_outbox_put(t, topic, (uint8_t *)json, len, OUTBOX_RETAIN, NULL);
+	rc = store_outbox_put(t, topic, json, len, OUTBOX_RETAIN, NULL);
 	free(json);
 	return rc;
 }

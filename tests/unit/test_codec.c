@@ -1252,7 +1252,12 @@ static void w_random(struct codec_w *w, uint32_t depth)
 	case 0: codec_w_text(w, texts[rand() % 8]); break;
 	case 1: codec_w_uint(w, rand() % 2 ? UINT64_MAX : (uint64_t)rand()); break;
 	case 2: codec_w_int(w, ints[rand() % 12]); break;
-	case 3: codec_w_bool(w, rand() % 2); break;
+	case 3:
+		if (rand() % 2)
+			codec_w_bool(w, rand() % 2);
+		else
+			codec_w_double(w, (double)(rand() % 2001 - 1000) / (1 + rand() % 7));
+		break;
 	case 4: codec_w_null(w); break;
 	case 5:
 	case 6: {
